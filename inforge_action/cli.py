@@ -1,0 +1,83 @@
+"""Command line and the one exit point of every run.
+
+``python -m inforge_action <command> [--input value ...]`` (also the
+``inforge-action`` script, and the container's entrypoint). Each input is
+a flag of the same name or an ``INPUT_*`` variable; a flag wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from .spec import COMMANDS, INPUTS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inforge-action",
+        description=(
+            "Ship a service to plain Linux VMs: push immutable releases to "
+            "R2, deploy them over SSH with verified restarts, roll back."
+        ),
+        epilog=(
+            "Every flag can also come from INPUT_<NAME> (upper-cased, "
+            "hyphens kept), as a GitHub runner passes it. Pass secrets "
+            "through the environment, not flags."
+        ),
+    )
+    parser.add_argument(
+        "command", nargs="?", choices=COMMANDS, help="what to do"
+    )
+    for name, spec in INPUTS.items():
+        if name == "command":
+            continue
+        default = f" (default: {spec.default})" if spec.default else ""
+        parser.add_argument(
+            f"--{name}",
+            dest=name,
+            metavar="VALUE",
+            help=spec.help + default,
+        )
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """Run one command; a known error becomes an annotation and exit 1."""
+    args = vars(build_parser().parse_args(argv))
+    environ = os.environ if environ is None else environ
+
+    from .errors import ActionError
+    from .inputs import load_inputs, read_runner
+    from .report import Reporter
+
+    reporter = Reporter(read_runner(environ))
+    for name, spec in INPUTS.items():
+        value = args.get(name) or environ.get(f"INPUT_{name.upper()}", "")
+        if spec.secret and value:
+            reporter.mask(value)
+    reporter.attach_logging()
+    try:
+        inputs = load_inputs(environ, args)
+        for secret in inputs.secrets:
+            reporter.mask(secret)
+        from .commands import run
+
+        run(inputs, reporter)
+    except ActionError as error:
+        reporter.error(str(error), title=error.title)
+        reporter.add_summary(f"### ❌ {error.title}\n\n{error}\n")
+        return 1
+    except KeyboardInterrupt:
+        reporter.error("interrupted", title="Cancelled")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The action's inputs and outputs by name: cheap to import.
+
+``action.yml`` declares exactly these (a test checks both directions);
+the command line offers each input as a flag of the same name.
+"""
+
+from typing import NamedTuple
+
+
+class InputSpec(NamedTuple):
+    default: str
+    secret: bool
+    help: str
+
+
+COMMANDS = ("push", "deploy", "rollback", "list", "prune", "provision")
+
+INPUTS: dict[str, InputSpec] = {
+    "command": InputSpec(
+        "", False, "push, deploy, rollback, list, prune or provision"
+    ),
+    "service": InputSpec(
+        "", False, "service name; default: the only one in inforge.yaml"
+    ),
+    "environment": InputSpec(
+        "", False, "environment, which is also the Pulumi stack (prd, qa)"
+    ),
+    "sha": InputSpec(
+        "", False, "release to push or deploy; default: GITHUB_SHA"
+    ),
+    "arch": InputSpec(
+        "", False, "empty for a neutral artifact, or amd64 / arm64"
+    ),
+    "artifact-path": InputSpec(
+        "", False, "directory to package; overrides deployments/<service>"
+    ),
+    "deployments-dir": InputSpec(
+        "deployments", False, "the service repo's deployments directory"
+    ),
+    "platform-repo": InputSpec(
+        "", False, "platform repo owner/name; overrides inforge.yaml"
+    ),
+    "platform-ref": InputSpec(
+        "", False, "branch or tag of the platform repo; default: its HEAD"
+    ),
+    "platform-token": InputSpec(
+        "", True, "token that can read the platform repo"
+    ),
+    "platform-url": InputSpec(
+        "https://github.com/{repo}.git",
+        False,
+        "clone URL template ({repo}); a local path or file:// URL works",
+    ),
+    "bucket": InputSpec(
+        "", False, "artifact bucket; overrides the platform's inforge.yaml"
+    ),
+    "keep": InputSpec(
+        "", False, "unpinned releases to keep when pruning; overrides it too"
+    ),
+    "r2-account-id": InputSpec("", True, "Cloudflare account id for R2"),
+    "r2-access-key-id": InputSpec("", True, "R2 access key id"),
+    "r2-secret-access-key": InputSpec("", True, "R2 secret access key"),
+    "endpoint-url": InputSpec(
+        "", False, "any S3-compatible endpoint instead of R2's"
+    ),
+    "state-access-key-id": InputSpec(
+        "", True, "access key for the Pulumi state bucket; default: R2's"
+    ),
+    "state-secret-access-key": InputSpec(
+        "", True, "secret for the Pulumi state bucket; default: R2's"
+    ),
+    "pulumi-passphrase": InputSpec(
+        "", True, "passphrase of the stack's secrets provider"
+    ),
+    "ssh-private-key": InputSpec(
+        "", True, "private key of the hosts' SSH login (ed25519/ecdsa/rsa)"
+    ),
+    "ssh-key-passphrase": InputSpec(
+        "", True, "passphrase of ssh-private-key when it is encrypted"
+    ),
+    "ssh-port": InputSpec("22", False, "SSH port of the hosts"),
+    "known-hosts": InputSpec(
+        "", False, "the hosts' public keys, OpenSSH known_hosts format"
+    ),
+    "host-key-policy": InputSpec(
+        "strict", False, "strict, or accept-new to trust unknown hosts"
+    ),
+    "verify-seconds": InputSpec(
+        "10", False, "how long a restarted unit must stay healthy"
+    ),
+    "keep-releases": InputSpec(
+        "5", False, "release directories to keep on each host"
+    ),
+    "max-parallel": InputSpec(
+        "4", False, "hosts deployed at once after the first one"
+    ),
+    "force": InputSpec(
+        "false", False, "redeploy a SHA that a host already runs"
+    ),
+    "dry-run": InputSpec(
+        "false", False, "resolve and print the plan, change nothing"
+    ),
+    "commit-manifest": InputSpec(
+        "",
+        False,
+        "commit deployments/manifest.<env>.yaml; default true for deploys",
+    ),
+    "github-token": InputSpec(
+        "", True, "token that pushes the manifest commit"
+    ),
+    "credential": InputSpec(
+        "", True, "provision: the service's credential, encrypted per host"
+    ),
+}
