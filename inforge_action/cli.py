@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from typing import TextIO
 
 from .spec import COMMANDS, INPUTS
 
@@ -49,14 +50,23 @@ def main(
     environ: Mapping[str, str] | None = None,
 ) -> int:
     """Run one command; a known error becomes an annotation and exit 1."""
+    code, _ = execute(argv, os.environ if environ is None else environ)
+    return code
+
+
+def execute(
+    argv: Sequence[str] | None,
+    environ: Mapping[str, str],
+    stream: TextIO | None = None,
+):
+    """Run one command; return the exit code and the reporter."""
     args = vars(build_parser().parse_args(argv))
-    environ = os.environ if environ is None else environ
 
     from .errors import ActionError
     from .inputs import load_inputs, read_runner
     from .report import Reporter
 
-    reporter = Reporter(read_runner(environ))
+    reporter = Reporter(read_runner(environ), stream)
     for name, spec in INPUTS.items():
         value = args.get(name) or environ.get(f"INPUT_{name.upper()}", "")
         if spec.secret and value:
@@ -72,11 +82,11 @@ def main(
     except ActionError as error:
         reporter.error(str(error), title=error.title)
         reporter.add_summary(f"### ❌ {error.title}\n\n{error}\n")
-        return 1
+        return 1, reporter
     except KeyboardInterrupt:
         reporter.error("interrupted", title="Cancelled")
-        return 130
-    return 0
+        return 130, reporter
+    return 0, reporter
 
 
 if __name__ == "__main__":

@@ -84,9 +84,14 @@ class Run:
         )
 
     @cached_property
+    def platform_root(self) -> Path:
+        """The platform repo's checkout holding its inforge files."""
+        return self.platform_checkout.config_dir()
+
+    @cached_property
     def platform(self) -> config.PlatformConfig:
         with self.reporter.group("Read the platform repo"):
-            root = self.platform_checkout.config_dir()
+            root = self.platform_root
             platform = config.load_platform(root, self.inputs.environment)
             self.reporter.info(
                 f"platform {self.platform_source.repo}: project "
@@ -142,6 +147,9 @@ def run(inputs: Inputs, reporter: Reporter) -> None:
         "list": list_releases,
         "prune": prune,
     }
+    from . import deploy
+
+    commands.update(deploy.COMMANDS)
     with ExitStack() as stack:
         commands[inputs.command](Run(inputs, reporter, stack))
 

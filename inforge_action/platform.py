@@ -125,10 +125,13 @@ class PlatformCheckout:
         return target
 
     def config_dir(self) -> Path:
-        """The repo root with ``inforge.yaml`` and ``inforge.*.yaml``."""
-        return self.fetch(
-            self.source.ref, ["/inforge.yaml", "/inforge.*.yaml"], "config"
-        )
+        """The repo root with its inforge files and any local state.
+
+        ``.pulumi/`` comes along for a ``file://`` state backend that
+        lives inside the platform repo.
+        """
+        patterns = ["/inforge.yaml", "/inforge.*.yaml", "/.pulumi/"]
+        return self.fetch(self.source.ref, patterns, "config")
 
     def checkout_branch(self, branch: str) -> Path:
         """A whole branch, for the git-branch Pulumi state backend."""

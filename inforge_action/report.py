@@ -27,6 +27,7 @@ class Reporter:
     def __init__(self, runner: Runner, stream: TextIO | None = None):
         self.runner = runner
         self.stream = stream or sys.stdout
+        self.error_stream = stream or sys.stderr
         self.outputs: dict[str, str] = {}
         self._secrets: list[str] = []
         self._summary: list[str] = []
@@ -64,7 +65,7 @@ class Reporter:
         if self.runner.is_actions:
             self._command("error", message, title)
         else:
-            self._write(self.redact(f"error: {message}"), sys.stderr)
+            self._write(self.redact(f"error: {message}"), self.error_stream)
 
     @contextmanager
     def group(self, title: str) -> Iterator[None]:

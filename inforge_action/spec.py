@@ -112,3 +112,25 @@ INPUTS: dict[str, InputSpec] = {
         "", True, "provision: the service's credential, encrypted per host"
     ),
 }
+
+OUTPUTS: dict[str, str] = {
+    "sha": "the SHA pushed or deployed; empty when nothing ran",
+    "key": "push: the artifact's object key; empty otherwise",
+    "sha256": "push: the tarball's sha256; empty otherwise",
+    "size": "push: the tarball's size in bytes; empty otherwise",
+    "created": "push: 'false' when the release already existed",
+    "pruned": "push, prune: JSON list of pruned SHAs ('[]' for none)",
+    "releases": "list: JSON of the releases and of each host's SHA",
+    "result": (
+        "deploy, rollback, provision: success, failure or dry-run; "
+        "empty otherwise"
+    ),
+    "hosts": (
+        "deploy, rollback, provision: JSON list of per-host results "
+        "({host, previous, sha, result, seconds}); empty otherwise"
+    ),
+    "manifest-commit": (
+        "deploy, rollback: the manifest commit's SHA; empty when nothing "
+        "was committed or the commit failed"
+    ),
+}

@@ -162,6 +162,12 @@ def store_error(
 
 
 _REMEDIES = {
+    # A HEAD has no body: a refused signature shows only as its status.
+    "403": (
+        "the credentials were refused or lack permission: check "
+        "`r2-access-key-id`, `r2-secret-access-key`, and that the R2 token "
+        "has Object Read & Write on this bucket"
+    ),
     "InvalidAccessKeyId": "check `r2-access-key-id`",
     "SignatureDoesNotMatch": (
         "the secret does not match the key id: check `r2-secret-access-key`"

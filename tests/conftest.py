@@ -3,6 +3,9 @@ import pytest
 from tests.support.seaweed import start_seaweed, stop_seaweed
 
 
+pytest_plugins = ("tests.support.host_fixtures",)
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """One SeaweedFS server for the whole session, credentials enforced."""

@@ -1,0 +1,365 @@
+"""Releases on a host: probe, deliver, switch, restart and verify.
+
+Host layout (``<parent>`` is the directory that holds ``<folder>``)::
+
+    <parent>/.releases/<service>/<sha>/     one directory per release
+    <parent>/.releases/<service>/.adopted/  the plain folder found first
+    <parent>/.releases/<service>/.previous  link to the release before
+    <folder> -> <parent>/.releases/<service>/<sha>
+
+A release directory appears only complete (extracted aside, then
+renamed), and ``<folder>`` is switched by renaming a new link over it,
+so the unit never sees half a release. Every script below is a constant;
+values travel as quoted arguments, never pasted into the script.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+ARCH_NAMES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64",
+              "arm64": "arm64"}  # fmt: skip
+PREVIOUS = ".previous"
+ADOPTED = ".adopted"
+JOURNAL_LINES = 20
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a service's releases live on a host."""
+
+    service: str
+    folder: str
+
+    @property
+    def parent(self) -> str:
+        return posixpath.dirname(self.folder.rstrip("/"))
+
+    @property
+    def releases(self) -> str:
+        return posixpath.join(self.parent, ".releases", self.service)
+
+    def release_dir(self, name: str) -> str:
+        return posixpath.join(self.releases, name)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What one round trip learnt about a host before any change."""
+
+    arch: str
+    machine: str
+    has_sudo: bool
+    folder_kind: str  # "link", "dir" or "missing"
+    active: str  # release name the folder points at, or ""
+    previous: str  # release name of .previous, or ""
+    releases: frozenset[str] = field(default_factory=frozenset)
+    free_kb: int | None = None
+    unit_state: str = ""
+    has_parent: bool = True
+
+    def holds(self, sha: str) -> bool:
+        return sha in self.releases
+
+
+PROBE_SCRIPT = r"""
+folder=$1 releases=$2 unit=$3
+parent=$(dirname "$folder")
+echo "machine=$(uname -m)"
+if sudo -n true 2>/dev/null; then echo sudo=yes; else echo sudo=no; fi
+if [ -L "$folder" ]; then
+    echo folder=link; echo "active=$(readlink "$folder")"
+elif [ -d "$folder" ]; then echo folder=dir
+else echo folder=missing; fi
+if [ -d "$parent" ]; then
+    echo parent=yes
+    echo "free_kb=$(df -Pk "$parent" | awk 'NR == 2 {print $4}')"
+else echo parent=no; fi
+if [ -L "$releases/.previous" ]; then
+    echo "previous=$(readlink "$releases/.previous")"
+fi
+if [ -d "$releases" ]; then
+    for entry in "$releases"/*; do
+        [ -d "$entry" ] && echo "release=${entry##*/}"
+    done
+fi
+echo "unit=$(systemctl show -p LoadState --value "$unit" 2>/dev/null)"
+"""
+
+
+def probe(session: Any, layout: Layout, unit: str) -> Probe:
+    """Learn the host's arch, sudo, active release and disk in one trip."""
+    result = session.run(
+        ["sh", "-c", PROBE_SCRIPT, "probe", layout.folder, layout.releases,
+         unit],
+        phase="probe",
+    )  # fmt: skip
+    values: dict[str, list[str]] = {}
+    for line in result.stdout.splitlines():
+        name, _, value = line.partition("=")
+        values.setdefault(name, []).append(value)
+
+    def one(name: str) -> str:
+        return values.get(name, [""])[0]
+
+    machine = one("machine")
+    free = one("free_kb")
+    return Probe(
+        arch=ARCH_NAMES.get(machine, ""),
+        machine=machine,
+        has_sudo=one("sudo") == "yes",
+        folder_kind=one("folder"),
+        active=_release_name(one("active"), layout),
+        previous=_release_name(one("previous"), layout),
+        releases=frozenset(values.get("release", [])),
+        free_kb=int(free) if free.isdigit() else None,
+        unit_state=one("unit"),
+        has_parent=one("parent") == "yes",
+    )
+
+
+def _release_name(target: str, layout: Layout) -> str:
+    if target and posixpath.dirname(target) == layout.releases:
+        return posixpath.basename(target)
+    return ""
+
+
+STAGE_SCRIPT = r"""
+set -eu
+releases=$1
+mkdir -p "$releases"
+chmod 0755 "$(dirname "$releases")" "$releases"
+mktemp -d "$releases/.upload.XXXXXXXX"
+"""
+
+EXTRACT_SCRIPT = r"""
+set -eu
+upload=$1 want=$2 releases=$3 name=$4
+stage=$(dirname "$upload")
+trap 'rm -rf "$stage" "${incoming:-}"' EXIT
+got=$(sha256sum "$upload" | cut -d ' ' -f 1)
+if [ "$got" != "$want" ]; then
+    echo "the uploaded file's sha256 is $got, expected $want" >&2
+    exit 3
+fi
+if [ -d "$releases/$name" ]; then exit 0; fi
+incoming=$(mktemp -d "$releases/.incoming.XXXXXXXX")
+tar -xzf "$upload" -C "$incoming" --no-same-owner
+chmod 0755 "$incoming"
+mv -T "$incoming" "$releases/$name"
+incoming=
+touch "$releases/$name"
+"""
+
+
+def deliver(
+    session: Any, layout: Layout, name: str, tarball: Path, sha256: str
+) -> None:
+    """Upload, check and extract a release into its own directory."""
+    staged = session.run(
+        ["sh", "-c", STAGE_SCRIPT, "stage", layout.releases],
+        sudo=True,
+        phase="upload",
+    ).stdout.strip()
+    upload = posixpath.join(staged, "release.tar.gz")
+    session.put(tarball, upload, sudo=True)
+    session.run(
+        ["sh", "-c", EXTRACT_SCRIPT, "extract", upload, sha256,
+         layout.releases, name],
+        sudo=True,
+        phase="extract",
+    )  # fmt: skip
+
+
+SWITCH_SCRIPT = r"""
+set -eu
+folder=$1 releases=$2 target=$3
+current=
+if [ -L "$folder" ]; then
+    current=$(readlink "$folder")
+elif [ -d "$folder" ]; then
+    if [ -z "$(ls -A "$folder")" ]; then
+        rmdir "$folder"
+    elif [ -e "$releases/.adopted" ]; then
+        echo "$folder is a directory and $releases/.adopted exists" >&2
+        exit 4
+    else
+        mv -T "$folder" "$releases/.adopted"
+        current="$releases/.adopted"
+    fi
+fi
+link="$(dirname "$folder")/.$(basename "$folder").switch.$$"
+ln -sfn "$target" "$link"
+mv -T "$link" "$folder"
+touch -h "$target" 2>/dev/null || true
+if [ -n "$current" ] && [ "$current" != "$target" ]; then
+    ln -sfn "$current" "$releases/.previous.$$"
+    mv -T "$releases/.previous.$$" "$releases/.previous"
+fi
+echo "$current"
+"""
+
+UNLINK_SCRIPT = r"""
+set -eu
+folder=$1 unit=$2
+if [ -L "$folder" ]; then rm -f "$folder"; fi
+systemctl stop "$unit"
+"""
+
+
+def switch(session: Any, layout: Layout, target: str) -> str:
+    """Point ``<folder>`` at ``target`` atomically; return the old target.
+
+    The old target becomes ``.previous``. A plain directory found at
+    ``<folder>`` is adopted once as ``.adopted`` (an empty one is
+    removed), so a first deploy still has something to go back to.
+    """
+    result = session.run(
+        ["sh", "-c", SWITCH_SCRIPT, "switch", layout.folder,
+         layout.releases, target],
+        sudo=True,
+        phase="switch",
+    )  # fmt: skip
+    return result.stdout.strip()
+
+
+def unlink(session: Any, layout: Layout, unit: str) -> None:
+    """Go back to no release at all: remove the link, stop the unit."""
+    session.run(
+        ["sh", "-c", UNLINK_SCRIPT, "unlink", layout.folder, unit],
+        sudo=True,
+        phase="revert",
+    )
+
+
+RESTART_SCRIPT = r"""
+unit=$1 seconds=$2 url=$3
+snapshot() {
+    state= sub= invocation= restarts= pid=
+    while IFS='=' read -r key value; do
+        case $key in
+            ActiveState) state=$value ;;
+            SubState) sub=$value ;;
+            InvocationID) invocation=$value ;;
+            NRestarts) restarts=$value ;;
+            MainPID) pid=$value ;;
+        esac
+    done <<EOF
+$(systemctl show -p ActiveState -p SubState -p InvocationID -p NRestarts \
+    -p MainPID "$unit")
+EOF
+}
+snapshot
+before=$invocation
+if ! systemctl restart "$unit"; then
+    echo "verdict=restart-failed"; exit 0
+fi
+snapshot
+started=$invocation
+counted=$restarts
+answered=no
+[ -z "$url" ] && answered=yes
+ticks=$(awk -v s="$seconds" 'BEGIN {print int(s * 4 + 0.999)}')
+i=0
+while [ "$i" -lt "$ticks" ]; do
+    snapshot
+    if [ "$state/$sub" != "active/running" ] || [ "$started" = "$before" ] \
+        || [ "$invocation" != "$started" ] || [ "$restarts" != "$counted" ]
+    then
+        echo "verdict=unhealthy"
+        echo "state=$state/$sub restarts=$restarts invocation=$invocation"
+        exit 0
+    fi
+    if [ "$answered" = no ] \
+        && curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; then
+        answered=yes
+    fi
+    sleep 0.25
+    i=$((i + 1))
+done
+if [ "$answered" = no ]; then
+    echo "verdict=no-health"
+    echo "state=$state/$sub, but $url never answered 2xx"
+    exit 0
+fi
+echo "verdict=healthy"
+echo "state=$state/$sub pid=$pid"
+"""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    healthy: bool
+    detail: str
+
+
+def restart_and_verify(
+    session: Any, unit: str, seconds: float, health_url: str = ""
+) -> Verdict:
+    """Restart ``unit`` and watch it; healthy only if it stays running.
+
+    Healthy means active and running for the whole window under a new
+    InvocationID with no added NRestarts, and, when ``health_url`` is
+    set, a 2xx answer from the host within the window.
+    """
+    result = session.run(
+        ["sh", "-c", RESTART_SCRIPT, "verify", unit, str(seconds),
+         health_url],
+        sudo=True,
+        phase="restart",
+        timeout=seconds + 60,
+    )  # fmt: skip
+    lines = result.stdout.strip().splitlines()
+    verdict = lines[0].partition("=")[2] if lines else "no-output"
+    detail = " ".join(lines[1:]) or verdict
+    return Verdict(verdict == "healthy", detail)
+
+
+def journal_tail(session: Any, unit: str) -> str:
+    """The unit's last journal lines, for a failure report."""
+    result = session.run(
+        ["journalctl", "-u", unit, "-n", str(JOURNAL_LINES), "--no-pager",
+         "-o", "short-iso"],
+        sudo=True,
+        phase="journal",
+        check=False,
+    )  # fmt: skip
+    return result.stdout.strip()
+
+
+CLEANUP_SCRIPT = r"""
+set -eu
+releases=$1 keep=$2
+shift 2
+cd "$releases"
+kept=0
+for name in $(ls -1t); do
+    [ -d "$name" ] || continue
+    skip=no
+    for protected in "$@"; do
+        [ "$name" = "$protected" ] && skip=yes
+    done
+    [ "$skip" = yes ] && continue
+    if [ "$kept" -lt "$keep" ]; then kept=$((kept + 1)); continue; fi
+    rm -rf -- "$name"
+    echo "$name"
+done
+"""
+
+
+def clean_releases(
+    session: Any, layout: Layout, keep: int, protect: list[str]
+) -> list[str]:
+    """Keep ``keep`` release directories beside the protected ones."""
+    others = max(keep - len([p for p in protect if p]), 0)
+    result = session.run(
+        ["sh", "-c", CLEANUP_SCRIPT, "cleanup", layout.releases,
+         str(others), *[p for p in protect if p]],
+        sudo=True,
+        phase="cleanup",
+    )  # fmt: skip
+    return result.stdout.split()

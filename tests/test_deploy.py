@@ -1,0 +1,231 @@
+"""deploy and rollback end to end, on real systemd hosts over real SSH."""
+
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from inforge_action.manifest import load_manifest
+from tests.support.world import (
+    CRASHING_RUN,
+    host_inputs,
+    make_world,
+    publish_stack,
+    target_for,
+)
+
+
+pytestmark = pytest.mark.hosts
+
+
+@pytest.fixture(scope="module")
+def hosts(module_host_factory):
+    return module_host_factory(3)
+
+
+@pytest.fixture
+def service(request, hosts):
+    """A fresh service on every host, so tests share hosts, not state."""
+    name = f"svc{abs(hash(request.node.name)) % 10**6}"
+    for host in hosts:
+        host.install_unit(name, "api")
+    return name
+
+
+def deploy_world(tmp_path, s3_server, hosts, service):
+    world = make_world(tmp_path, s3_server, service=service)
+    publish_stack(world, "prd", [target_for(h, service) for h in hosts])
+    return world
+
+
+def running_sha(host, service) -> str:
+    done = host.run_root(["cat", f"/tmp/{service}.sha"], check=False)
+    return done.stdout.strip()
+
+
+def unit_state(host, service) -> str:
+    done = host.run_root(
+        ["systemctl", "is-active", f"wardnet-{service}.service"], check=False
+    )
+    return done.stdout.strip()
+
+
+def stored_manifest(world):
+    client = world.s3_server.client()
+    body = client.get_object(
+        Bucket=world.bucket, Key=f"{world.service}/manifest.prd.yaml"
+    )["Body"].read()
+    return load_manifest(body.decode())
+
+
+def push(world, sha, script=None):
+    if script:
+        world.write_payload(sha, script)
+    else:
+        world.write_payload(sha)
+    result = world.run("push", sha=sha)
+    assert result.code == 0, result.log
+
+
+def test_deploy_runs_the_new_code_on_every_host(
+    tmp_path, s3_server, hosts, service
+):
+    world = deploy_world(tmp_path, s3_server, hosts, service)
+    push(world, "1111aaa")
+
+    result = world.run(
+        "deploy", environment="prd", sha="1111aaa", **host_inputs(hosts)
+    )
+
+    assert result.code == 0, result.log
+    assert result.outputs["result"] == "success"
+    assert [h["result"] for h in result.json("hosts")] == ["deployed"] * 3
+    for host in hosts:
+        assert running_sha(host, service) == "1111aaa"
+        whoami = host.read_file(f"/tmp/{service}.whoami").split()
+        assert whoami[1] == "api"
+        assert whoami[2] == f"/srv/wardnet/.releases/{service}/1111aaa"
+    manifest = stored_manifest(world)
+    assert {h.address for h in hosts} == set(manifest.deployments)
+    assert {e.sha for e in manifest.deployments.values()} == {"1111aaa"}
+
+
+def test_rollback_to_a_release_still_on_the_hosts_copies_nothing(
+    tmp_path, s3_server, hosts, service
+):
+    world = deploy_world(tmp_path, s3_server, hosts, service)
+    ssh = host_inputs(hosts)
+    for sha in ("2222aaa", "2222bbb"):
+        push(world, sha)
+        deployed = world.run("deploy", environment="prd", sha=sha, **ssh)
+        assert deployed.code == 0, deployed.log
+    # Gone from the store: only the copy on the hosts can serve it now.
+    world.s3_server.client().delete_object(
+        Bucket=world.bucket, Key=f"{service}/2222aaa.tar.gz"
+    )
+
+    result = world.run("rollback", environment="prd", **ssh)
+
+    assert result.code == 0, result.log
+    assert "Download" not in result.log
+    assert [h["previous"] for h in result.json("hosts")] == ["2222bbb"] * 3
+    assert [h["sha"] for h in result.json("hosts")] == ["2222aaa"] * 3
+    for host in hosts:
+        assert running_sha(host, service) == "2222aaa"
+    entries = stored_manifest(world).deployments.values()
+    assert {e.sha for e in entries} == {"2222aaa"}
+
+
+def test_a_payload_that_exits_at_once_is_reverted(
+    tmp_path, s3_server, hosts, service
+):
+    world = deploy_world(tmp_path, s3_server, hosts[:1], service)
+    ssh = host_inputs(hosts)
+    push(world, "3333good")
+    assert (
+        world.run("deploy", environment="prd", sha="3333good", **ssh).code == 0
+    )
+    before = stored_manifest(world).deployments[hosts[0].address]
+    push(world, "3333bad", CRASHING_RUN)
+
+    result = world.run("deploy", environment="prd", sha="3333bad", **ssh)
+
+    assert result.code == 1
+    assert result.outputs["result"] == "failure"
+    assert "reverted" in result.log and "3333good" in result.log
+    assert "starting and failing at once" in result.log  # journal tail
+    assert running_sha(hosts[0], service) == "3333good"
+    assert unit_state(hosts[0], service) == "active"
+    after = stored_manifest(world).deployments[hosts[0].address]
+    assert after == before
+
+
+def test_a_wrong_host_key_stops_before_any_upload(
+    tmp_path, s3_server, hosts, service
+):
+    world = deploy_world(tmp_path, s3_server, hosts, service)
+    push(world, "4444aaa")
+    ssh = host_inputs(hosts)
+    # The second host's line carries the first host's key.
+    lines = [h.known_hosts_line("ed25519") for h in hosts]
+    lines[1] = lines[0].replace(hosts[0].address, hosts[1].address)
+    ssh["known_hosts"] = "".join(lines)
+
+    result = world.run("deploy", environment="prd", sha="4444aaa", **ssh)
+
+    assert result.code == 1
+    assert hosts[1].address in result.log
+    assert "SHA256:" in result.log
+    for host in hosts:
+        done = host.run_root(
+            ["test", "-e", f"/srv/wardnet/.releases/{service}"], check=False
+        )
+        assert done.returncode != 0, f"{host} was touched"
+
+
+@pytest.mark.parametrize(
+    ("pushed_arch", "fragment"),
+    [
+        pytest.param("arm64", "no amd64 variant", id="missing-arch"),
+        pytest.param(None, "does not exist", id="missing-sha"),
+    ],
+)
+def test_a_missing_artifact_fails_before_any_host_is_touched(
+    tmp_path, s3_server, hosts, service, pushed_arch, fragment
+):
+    world = deploy_world(tmp_path, s3_server, hosts, service)
+    if pushed_arch:
+        world.write_payload("5555aaa")
+        assert world.run("push", sha="5555aaa", arch=pushed_arch).code == 0
+
+    result = world.run(
+        "deploy", environment="prd", sha="5555aaa", **host_inputs(hosts)
+    )
+
+    assert result.code == 1
+    assert fragment in result.log
+    assert "no host was changed" in result.log
+    for host in hosts:
+        done = host.run_root(
+            ["test", "-e", f"/srv/wardnet/.releases/{service}"], check=False
+        )
+        assert done.returncode != 0
+
+
+def test_two_services_deploy_at_the_same_time(tmp_path, s3_server, hosts):
+    worlds = []
+    for name in ("web", "worker"):
+        for host in hosts:
+            host.install_unit(name, name)
+        world = make_world(tmp_path / name, s3_server, service=name)
+        targets = [target_for(h, name, user=name) for h in hosts]
+        publish_stack(world, "prd", targets)
+        push(world, f"{name}-66")
+        worlds.append(world)
+    results = {}
+
+    def deploy(world):
+        environ = world.environ(
+            environment="prd", sha=f"{world.service}-66", **host_inputs(hosts)
+        )
+        results[world.service] = subprocess.run(
+            [sys.executable, "-m", "inforge_action", "deploy"],
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    threads = [threading.Thread(target=deploy, args=(w,)) for w in worlds]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    for name, done in results.items():
+        assert done.returncode == 0, done.stdout + done.stderr
+        for host in hosts:
+            assert running_sha(host, name) == f"{name}-66"
+            whoami = host.read_file(f"/tmp/{name}.whoami").split()
+            assert whoami[1] == name
