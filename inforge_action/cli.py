@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TextIO
 
 from .spec import COMMANDS, INPUTS
@@ -43,6 +46,38 @@ def build_parser() -> argparse.ArgumentParser:
             help=spec.help + default,
         )
     return parser
+
+
+@contextmanager
+def cancellable(cancel: threading.Event, reporter) -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into a request to stop between hosts.
+
+    GitHub cancels a job with SIGINT, then SIGTERM about 7.5 s later, then
+    kills it. No new host starts after the first signal; a host in the
+    middle of its switch finishes or reverts, so none is left half done.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(number: int, _frame) -> None:
+        if not cancel.is_set():
+            reporter.warning(
+                f"received {signal.Signals(number).name}: no new host "
+                "starts; hosts being switched finish or revert",
+                title="Cancelling",
+            )
+        cancel.set()
+
+    previous = {
+        number: signal.signal(number, request_stop)
+        for number in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def main(
@@ -78,14 +113,13 @@ def execute(
             reporter.mask(secret)
         from .commands import run
 
-        run(inputs, reporter)
+        cancel = threading.Event()
+        with cancellable(cancel, reporter):
+            run(inputs, reporter, cancel)
     except ActionError as error:
         reporter.error(str(error), title=error.title)
         reporter.add_summary(f"### ❌ {error.title}\n\n{error}\n")
         return 1, reporter
-    except KeyboardInterrupt:
-        reporter.error("interrupted", title="Cancelled")
-        return 130, reporter
     return 0, reporter
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from functools import cached_property
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config, store
-from .errors import ActionError, ConfigError, InputError
+from .errors import ActionError, Cancelled, ConfigError, InputError
 from .inputs import Inputs
 from .report import Reporter, format_table, markdown_table
 
@@ -23,10 +24,22 @@ from .report import Reporter, format_table, markdown_table
 class Run:
     """What one command shares across its phases, each resolved once."""
 
-    def __init__(self, inputs: Inputs, reporter: Reporter, stack: ExitStack):
+    def __init__(
+        self,
+        inputs: Inputs,
+        reporter: Reporter,
+        stack: ExitStack,
+        cancel: threading.Event | None = None,
+    ):
         self.inputs = inputs
         self.reporter = reporter
         self._stack = stack
+        self.cancel = cancel or threading.Event()
+
+    def check_cancelled(self, phase: str) -> None:
+        """Stop between phases once the runner asked the job to end."""
+        if self.cancel.is_set():
+            raise Cancelled(f"cancelled before {phase}; no host was changed")
 
     def temp_dir(self, name: str) -> Path:
         """A private temporary directory, removed when the run ends."""
@@ -140,7 +153,11 @@ class Run:
         )
 
 
-def run(inputs: Inputs, reporter: Reporter) -> None:
+def run(
+    inputs: Inputs,
+    reporter: Reporter,
+    cancel: threading.Event | None = None,
+) -> None:
     """Run ``inputs.command`` to the end, or raise an ActionError."""
     commands: dict[str, Callable[[Run], None]] = {
         "push": push,
@@ -151,7 +168,7 @@ def run(inputs: Inputs, reporter: Reporter) -> None:
 
     commands.update(deploy.COMMANDS)
     with ExitStack() as stack:
-        commands[inputs.command](Run(inputs, reporter, stack))
+        commands[inputs.command](Run(inputs, reporter, stack, cancel))
 
 
 def artifact_dir(run: Run) -> Path:

@@ -108,8 +108,10 @@ def _ship(run: Run, *, rollback: bool) -> None:
         if inputs.dry_run:
             _report_plan(run, plans)
             return
+        run.check_cancelled("the download")
         tarballs = download_artifacts(run, plans)
-        rollout = Rollout()
+        run.check_cancelled("the rollout")
+        rollout = Rollout(cancel=run.cancel)
         roll_out(run, plans, tarballs, environment.health_check, rollout)
     finally:
         for plan in plans:

@@ -13,6 +13,7 @@
     ├── HostError               a host failed (names host and phase)
     │   └── HostKeyError        the host key is unknown or changed
     ├── DeployError             the rollout as a whole failed
+    ├── Cancelled               the runner cancelled the job
     └── GitError                the manifest commit failed
 
 Every message names what failed, the values that matter and what to do
@@ -79,6 +80,10 @@ class HostKeyError(HostError):
 
 class DeployError(ActionError):
     title = "Deploy failed"
+
+
+class Cancelled(ActionError):
+    title = "Cancelled"
 
 
 class GitError(ActionError):

@@ -9,7 +9,9 @@ Host layout (``<parent>`` is the directory that holds ``<folder>``)::
 
 A release directory appears only complete (extracted aside, then
 renamed), and ``<folder>`` is switched by renaming a new link over it,
-so the unit never sees half a release. Every script below is a constant;
+so the unit never sees half a release. The scripts that change a host
+ignore SIGHUP and SIGPIPE: a runner cancelled mid-switch loses only the
+report, never the second half of a switch. Every script is a constant;
 values travel as quoted arguments, never pasted into the script.
 """
 
@@ -137,6 +139,7 @@ mktemp -d "$releases/.upload.XXXXXXXX"
 """
 
 EXTRACT_SCRIPT = r"""
+trap '' HUP PIPE
 set -eu
 upload=$1 want=$2 releases=$3 name=$4
 stage=$(dirname "$upload")
@@ -176,6 +179,7 @@ def deliver(
 
 
 SWITCH_SCRIPT = r"""
+trap '' HUP PIPE
 set -eu
 folder=$1 releases=$2 target=$3
 current=
@@ -204,6 +208,7 @@ echo "$current"
 """
 
 UNLINK_SCRIPT = r"""
+trap '' HUP PIPE
 set -eu
 folder=$1 unit=$2
 if [ -L "$folder" ]; then rm -f "$folder"; fi
@@ -237,6 +242,7 @@ def unlink(session: Any, layout: Layout, unit: str) -> None:
 
 
 RESTART_SCRIPT = r"""
+trap '' HUP PIPE
 unit=$1 seconds=$2 url=$3
 snapshot() {
     state= sub= invocation= restarts= pid=

@@ -1,5 +1,6 @@
 """deploy and rollback end to end, on real systemd hosts over real SSH."""
 
+import signal
 import subprocess
 import sys
 import threading
@@ -229,3 +230,42 @@ def test_two_services_deploy_at_the_same_time(tmp_path, s3_server, hosts):
             assert running_sha(host, name) == f"{name}-66"
             whoami = host.read_file(f"/tmp/{name}.whoami").split()
             assert whoami[1] == name
+
+
+def test_a_cancelled_deploy_finishes_the_host_in_flight_and_stops(
+    tmp_path, s3_server, hosts, service
+):
+    world = deploy_world(tmp_path, s3_server, hosts, service)
+    push(world, "7777aaa")
+    summary = tmp_path / "summary.md"
+    environ = world.environ(
+        environment="prd",
+        sha="7777aaa",
+        max_parallel="1",
+        **{**host_inputs(hosts), "verify_seconds": "4"},
+    )
+    environ["GITHUB_STEP_SUMMARY"] = str(summary)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inforge_action", "deploy"],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("==> Deploy to"):
+            process.send_signal(signal.SIGINT)
+            break
+
+    rest, _ = process.communicate(timeout=120)
+    log = "".join(lines) + rest
+
+    assert process.returncode == 1, log
+    assert "received SIGINT" in log
+    shipped = [h for h in hosts if running_sha(h, service) == "7777aaa"]
+    assert len(shipped) == 1, log
+    assert unit_state(shipped[0], service) == "active"
+    assert "cancelled" in log
+    assert "skipped" in summary.read_text()
