@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextmanager
-def cancellable(cancel: threading.Event, reporter) -> Iterator[None]:
+def cancellable(cancel: threading.Event) -> Iterator[None]:
     """Turn SIGINT and SIGTERM into a request to stop between hosts.
 
     GitHub cancels a job with SIGINT, then SIGTERM about 7.5 s later, then
@@ -61,12 +61,8 @@ def cancellable(cancel: threading.Event, reporter) -> Iterator[None]:
         return
 
     def request_stop(number: int, _frame) -> None:
-        if not cancel.is_set():
-            reporter.warning(
-                f"received {signal.Signals(number).name}: no new host "
-                "starts; hosts being switched finish or revert",
-                title="Cancelling",
-            )
+        # Printing here could re-enter a print the signal interrupted;
+        # the rollout reports the cancellation from its own loop.
         cancel.set()
 
     previous = {
@@ -106,7 +102,6 @@ def execute(
         value = args.get(name) or environ.get(f"INPUT_{name.upper()}", "")
         if spec.secret and value:
             reporter.mask(value)
-    reporter.attach_logging()
     try:
         inputs = load_inputs(environ, args)
         for secret in inputs.secrets:
@@ -114,7 +109,7 @@ def execute(
         from .commands import run
 
         cancel = threading.Event()
-        with cancellable(cancel, reporter):
+        with reporter.logging_attached(), cancellable(cancel):
             run(inputs, reporter, cancel)
     except ActionError as error:
         reporter.error(str(error), title=error.title)

@@ -55,7 +55,14 @@ class Run:
         return config.load_service_repo(self.deployments)
 
     @cached_property
+    def has_deployments(self) -> bool:
+        """Is this the service repo? The platform repo has no deployments/."""
+        return (self.deployments / "inforge.yaml").is_file()
+
+    @cached_property
     def service(self) -> str:
+        if self.inputs.service and not self.has_deployments:
+            return self.inputs.service
         return config.resolve_service(
             self.inputs.service,
             self.service_repo,
@@ -76,11 +83,9 @@ class Run:
     def platform_source(self):
         from .platform import PlatformSource
 
-        repo = (
-            self.inputs.platform_repo
-            or self.service_config.platform
-            or self.service_repo.platform
-        )
+        repo = self.inputs.platform_repo
+        if not repo:
+            repo = self.service_config.platform or self.service_repo.platform
         return PlatformSource(
             repo=repo,
             url_template=self.inputs.platform_url,
@@ -164,9 +169,10 @@ def run(
         "list": list_releases,
         "prune": prune,
     }
-    from . import deploy
+    from . import deploy, provision
 
     commands.update(deploy.COMMANDS)
+    commands.update(provision.COMMANDS)
     with ExitStack() as stack:
         commands[inputs.command](Run(inputs, reporter, stack, cancel))
 

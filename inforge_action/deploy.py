@@ -1,8 +1,9 @@
 """Deploy and rollback: the phases of shipping a SHA to every host.
 
 Resolve the targets from the stack, preflight every host and the store
-before anything changes, download each artifact once, then roll out:
-the first host alone, the rest in parallel. A host is switched, its unit
+before anything changes, download each artifact once and deliver it
+beside the running release on every host, then switch: the first host
+alone, the rest in parallel. A host is switched, its unit
 restarted and watched; an unhealthy host is switched back. Each verified
 host's manifest entry is written at once with compare-and-swap.
 """
@@ -74,6 +75,7 @@ class Rollout:
 
     cancel: threading.Event = field(default_factory=threading.Event)
     results: list[HostResult] = field(default_factory=list)
+    cancel_reported: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, result: HostResult) -> None:
@@ -110,13 +112,53 @@ def _ship(run: Run, *, rollback: bool) -> None:
             return
         run.check_cancelled("the download")
         tarballs = download_artifacts(run, plans)
+        deliver_all(run, plans, tarballs)
         run.check_cancelled("the rollout")
         rollout = Rollout(cancel=run.cancel)
         roll_out(run, plans, tarballs, environment.health_check, rollout)
     finally:
         for plan in plans:
             plan.session.close()
+    commit_manifest_copy(run, rollout)
     _report_results(run, rollout)
+
+
+def commit_manifest_copy(run: Run, rollout: Rollout) -> None:
+    """Commit the store's manifest into the service repo; a failure warns.
+
+    The store stays the source of truth, so a refused commit never fails
+    a deploy whose hosts are already switched.
+    """
+    from .gitcommit import commit_manifest, manifest_message
+    from .manifest import dump_manifest, manifest_key, read_manifest
+
+    inputs, reporter = run.inputs, run.reporter
+    hosts = sorted(r.host for r in rollout.results if r.result == "deployed")
+    commit: str | None = None
+    if inputs.commit_manifest and hosts:
+        env = inputs.environment
+        path = f"{inputs.deployments_dir}/manifest.{env}.yaml"
+        sha = inputs.sha or _only_sha(rollout.results)
+        with reporter.group(f"Commit {path}"):
+            try:
+                manifest, _ = read_manifest(
+                    run.client, run.bucket, manifest_key(run.service, env)
+                )
+                commit = commit_manifest(
+                    inputs.workspace,
+                    path=path,
+                    text=dump_manifest(manifest),
+                    message=manifest_message(run.service, env, sha, hosts),
+                    token=inputs.github_token,
+                    runner=inputs.runner,
+                )
+            except ActionError as error:
+                reporter.warning(
+                    f"the hosts are deployed, but {path} was not "
+                    f"committed: {error}",
+                    title=error.title,
+                )
+    reporter.set_output("manifest-commit", commit or "")
 
 
 def resolve_targets(run: Run) -> list[Any]:
@@ -362,6 +404,41 @@ def download_artifacts(run: Run, plans: list[HostPlan]) -> dict[str, Any]:
     return tarballs
 
 
+def deliver_all(
+    run: Run, plans: list[HostPlan], tarballs: dict[str, tuple[Path, str]]
+) -> None:
+    """Put the release beside the running one on every host, in parallel.
+
+    Nothing runs it yet, so a failure here leaves every service as it
+    was; the switches that follow need no transfer and stay short.
+    """
+    needed = [plan for plan in plans if plan.action == "transfer"]
+    if not needed:
+        return
+
+    def deliver(plan: HostPlan) -> str:
+        path, digest = tarballs[plan.key]
+        started = time.monotonic()
+        try:
+            remote.deliver(plan.session, plan.layout, plan.sha, path, digest)
+        except ActionError as error:
+            return str(error)
+        run.reporter.info(
+            f"{plan.host}: {plan.sha} delivered in "
+            f"{time.monotonic() - started:.1f} s"
+        )
+        return ""
+
+    with run.reporter.group(f"Deliver to {len(needed)} host(s)"):
+        with ThreadPoolExecutor(run.inputs.max_parallel) as pool:
+            problems = [p for p in pool.map(deliver, needed) if p]
+    if problems:
+        raise DeployError(
+            "delivery failed, no host was switched:\n"
+            + "\n".join(f"- {problem}" for problem in problems)
+        )
+
+
 def roll_out(
     run: Run,
     plans: list[HostPlan],
@@ -386,6 +463,13 @@ def roll_out(
         with ThreadPoolExecutor(run.inputs.max_parallel) as pool:
             running = set()
             while pending or running:
+                if rollout.cancel.is_set() and not rollout.cancel_reported:
+                    rollout.cancel_reported = True
+                    reporter.warning(
+                        "the job is being cancelled: no new host starts; "
+                        "hosts being switched finish or revert",
+                        title="Cancelling",
+                    )
                 while (
                     pending
                     and len(running) < run.inputs.max_parallel
@@ -413,7 +497,7 @@ def ship_host(
     tarballs: dict[str, tuple[Path, str]],
     health_url: str,
 ) -> HostResult:
-    """Deliver, switch, restart and verify one host; revert if unhealthy."""
+    """Switch, restart and verify one host; revert if unhealthy."""
     reporter, host = run.reporter, plan.host
     started = time.monotonic()
     previous = plan.probe.active
@@ -428,9 +512,6 @@ def ship_host(
         if plan.action == "unchanged":
             _record(run, plan, only_if_missing=True)
             return finish("unchanged", "already active")
-        if plan.action == "transfer":
-            path, digest = tarballs[plan.key]
-            remote.deliver(plan.session, plan.layout, plan.sha, path, digest)
         target = plan.layout.release_dir(plan.sha)
         old_target = remote.switch(plan.session, plan.layout, target)
         verdict = remote.restart_and_verify(
@@ -439,6 +520,8 @@ def ship_host(
         )  # fmt: skip
         if not verdict.healthy:
             return finish("failed", _revert(run, plan, old_target, verdict))
+        if old_target and old_target != target:
+            remote.remember_previous(plan.session, plan.layout, old_target)
         _record(run, plan)
         _clean(run, plan, old_target)
         return finish("deployed", verdict.detail)

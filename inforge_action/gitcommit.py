@@ -314,7 +314,7 @@ def _commit_until_pushed(
     for attempt in range(1, attempts + 1):
         tip = _fetch_tip(repo, branch)
         if _blob_at(repo, tip, relative) == blob:
-            log.info(f"{branch} already holds this {relative}; no commit")
+            log.info("%s already holds this %s; no commit", branch, relative)
             return None
         repo.git("hash-object", "-w", "--stdin", path, input_text=text)
         commit = _make_commit(repo, tip, relative, blob, message)
@@ -323,15 +323,19 @@ def _commit_until_pushed(
             f"{commit}:refs/heads/{branch}",
         )  # fmt: skip
         if done.returncode == 0:
-            log.info(f"pushed {relative} as {commit} to {branch}")
+            log.info("pushed %s as %s to %s", relative, commit, branch)
             _follow_head(repo, tip, commit, relative, blob)
             return commit
         said = done.stdout + done.stderr
         if not any(reason in said for reason in _REJECTED):
             raise _push_error(repo, branch, said)
         log.info(
-            f"{branch} moved while committing {relative} (attempt "
-            f"{attempt} of {attempts}); committing again on its new tip"
+            "%s moved while committing %s (attempt %d of %d); committing "
+            "again on its new tip",
+            branch,
+            relative,
+            attempt,
+            attempts,
         )
     raise GitError(
         f"{branch} kept moving: {attempts} pushes of the {relative} commit "
@@ -407,8 +411,11 @@ def _follow_head(
         )  # fmt: skip
     except GitError as error:
         log.warning(
-            f"the manifest commit {commit} is pushed, but the checkout's "
-            f"HEAD stays at {tip}: {error}"
+            "the manifest commit %s is pushed, but the checkout's HEAD "
+            "stays at %s: %s",
+            commit,
+            tip,
+            error,
         )
 
 
@@ -417,14 +424,19 @@ def _push_error(
 ) -> GitError:
     tail = _tail(said)
     where = f"{branch} of " + _USERINFO.sub(r"\1", _origin_url(repo))
+    what = (
+        f"pushing the manifest commit to {where}"
+        if action == "push"
+        else f"fetching {where} for the manifest commit"
+    )
     if "error: 403" in said or re.search(r"Permission to \S+ denied", said):
+        verb = "write to" if action == "push" else "read"
         return GitError(
-            f"{action} of the manifest commit to {where} was refused with "
-            "HTTP 403: the token cannot write to the repository. Give the "
-            "job `permissions: contents: write` and pass `github-token: "
-            "${{ github.token }}` (or a token with write access); a pull "
-            "request from a fork cannot push. Or set `commit-manifest: "
-            f"false`. git said: {tail}"
+            f"{what} was refused with HTTP 403: the token cannot {verb} "
+            "the repository. Give the job `permissions: contents: write` "
+            "and pass `github-token: ${{ github.token }}` (or a token with "
+            "write access); a pull request from a fork cannot push. Or set "
+            f"`commit-manifest: false`. git said: {tail}"
         )
     if "GH006" in said or "protected branch" in said.lower():
         return GitError(
@@ -438,10 +450,8 @@ def _push_error(
         or "could not read Username" in said
     ):
         return GitError(
-            f"{action} of the manifest commit to {where} had no valid "
-            "credentials; pass `github-token: ${{ github.token }}` with "
-            "`permissions: contents: write`. git said: " + tail
+            f"{what} had no valid credentials; pass `github-token: "
+            "${{ github.token }}` with `permissions: contents: write`. git "
+            f"said: {tail}"
         )
-    return GitError(
-        f"{action} of the manifest commit to {where} failed: {tail}"
-    )
+    return GitError(f"{what} failed: {tail}")

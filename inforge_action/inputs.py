@@ -160,7 +160,8 @@ def load_inputs(
     runner = read_runner(environ)
     problems: list[str] = []
 
-    if not raw["sha"]:
+    # A rollback without a SHA goes back to each host's previous release.
+    if not raw["sha"] and raw["command"] in ("push", "deploy"):
         raw["sha"] = runner.sha
     if not raw["pulumi-passphrase"]:
         raw["pulumi-passphrase"] = environ.get("PULUMI_CONFIG_PASSPHRASE", "")

@@ -130,31 +130,31 @@ def _release_name(target: str, layout: Layout) -> str:
     return ""
 
 
-STAGE_SCRIPT = r"""
+DELIVER_SCRIPT = r"""
 set -eu
-releases=$1
+releases=$1 want=$2 name=$3
 mkdir -p "$releases"
 chmod 0755 "$(dirname "$releases")" "$releases"
-mktemp -d "$releases/.upload.XXXXXXXX"
-"""
-
-EXTRACT_SCRIPT = r"""
-trap '' HUP PIPE
-set -eu
-upload=$1 want=$2 releases=$3 name=$4
-stage=$(dirname "$upload")
-trap 'rm -rf "$stage" "${incoming:-}"' EXIT
-got=$(sha256sum "$upload" | cut -d ' ' -f 1)
+if [ -d "$releases/$name" ]; then
+    cat > /dev/null
+    exit 0
+fi
+incoming=$(mktemp -d "$releases/.incoming.XXXXXXXX")
+trap 'rm -rf "$incoming" "$incoming.pipe"' EXIT
+mkfifo -m 0600 "$incoming.pipe"
+tar -xzf "$incoming.pipe" -C "$incoming" --no-same-owner &
+unpacking=$!
+got=$(tee "$incoming.pipe" | sha256sum | cut -d ' ' -f 1)
+if ! wait "$unpacking"; then
+    echo "tar could not unpack the upload" >&2
+    exit 5
+fi
 if [ "$got" != "$want" ]; then
-    echo "the uploaded file's sha256 is $got, expected $want" >&2
+    echo "the upload's sha256 is $got, expected $want" >&2
     exit 3
 fi
-if [ -d "$releases/$name" ]; then exit 0; fi
-incoming=$(mktemp -d "$releases/.incoming.XXXXXXXX")
-tar -xzf "$upload" -C "$incoming" --no-same-owner
 chmod 0755 "$incoming"
 mv -T "$incoming" "$releases/$name"
-incoming=
 touch "$releases/$name"
 """
 
@@ -162,20 +162,19 @@ touch "$releases/$name"
 def deliver(
     session: Any, layout: Layout, name: str, tarball: Path, sha256: str
 ) -> None:
-    """Upload, check and extract a release into its own directory."""
-    staged = session.run(
-        ["sh", "-c", STAGE_SCRIPT, "stage", layout.releases],
-        sudo=True,
-        phase="upload",
-    ).stdout.strip()
-    upload = posixpath.join(staged, "release.tar.gz")
-    session.put(tarball, upload, sudo=True)
-    session.run(
-        ["sh", "-c", EXTRACT_SCRIPT, "extract", upload, sha256,
-         layout.releases, name],
-        sudo=True,
-        phase="extract",
-    )  # fmt: skip
+    """Stream a release into its own directory, checking its sha256.
+
+    The upload is unpacked while it arrives, into a private directory
+    that takes the release's name only once every byte matched.
+    """
+    with tarball.open("rb") as source:
+        session.run(
+            ["sh", "-c", DELIVER_SCRIPT, "deliver", layout.releases, sha256,
+             name],
+            sudo=True,
+            stdin=source,
+            phase="deliver",
+        )  # fmt: skip
 
 
 SWITCH_SCRIPT = r"""
@@ -200,11 +199,14 @@ link="$(dirname "$folder")/.$(basename "$folder").switch.$$"
 ln -sfn "$target" "$link"
 mv -T "$link" "$folder"
 touch -h "$target" 2>/dev/null || true
-if [ -n "$current" ] && [ "$current" != "$target" ]; then
-    ln -sfn "$current" "$releases/.previous.$$"
-    mv -T "$releases/.previous.$$" "$releases/.previous"
-fi
 echo "$current"
+"""
+
+REMEMBER_SCRIPT = r"""
+set -eu
+releases=$1 previous=$2
+ln -sfn "$previous" "$releases/.previous.$$"
+mv -T "$releases/.previous.$$" "$releases/.previous"
 """
 
 UNLINK_SCRIPT = r"""
@@ -219,9 +221,9 @@ systemctl stop "$unit"
 def switch(session: Any, layout: Layout, target: str) -> str:
     """Point ``<folder>`` at ``target`` atomically; return the old target.
 
-    The old target becomes ``.previous``. A plain directory found at
-    ``<folder>`` is adopted once as ``.adopted`` (an empty one is
-    removed), so a first deploy still has something to go back to.
+    A plain directory found at ``<folder>`` is adopted once as
+    ``.adopted`` (an empty one is removed), so a first deploy still has
+    something to go back to.
     """
     result = session.run(
         ["sh", "-c", SWITCH_SCRIPT, "switch", layout.folder,
@@ -230,6 +232,20 @@ def switch(session: Any, layout: Layout, target: str) -> str:
         phase="switch",
     )  # fmt: skip
     return result.stdout.strip()
+
+
+def remember_previous(session: Any, layout: Layout, previous: str) -> None:
+    """Record ``previous`` as the release a plain rollback returns to.
+
+    Called only once the new release is verified, so a release that
+    failed and was reverted never becomes the rollback target.
+    """
+    session.run(
+        ["sh", "-c", REMEMBER_SCRIPT, "remember", layout.releases,
+         previous],
+        sudo=True,
+        phase="switch",
+    )  # fmt: skip
 
 
 def unlink(session: Any, layout: Layout, unit: str) -> None:

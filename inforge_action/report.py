@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TextIO
@@ -73,9 +74,11 @@ class Reporter:
             self._write(f"::group::{self.redact(title)}")
         else:
             self._write(f"==> {self.redact(title)}")
+        started = time.monotonic()
         try:
             yield
         finally:
+            self._write(f"    {time.monotonic() - started:.2f} s")
             if self.runner.is_actions:
                 self._write("::endgroup::")
 
@@ -104,12 +107,21 @@ class Reporter:
     def summary(self) -> str:
         return "\n".join(self._summary)
 
-    def attach_logging(self) -> None:
+    @contextmanager
+    def logging_attached(self) -> Iterator[None]:
         """Route the package's ``logging`` records through this reporter."""
         logger = logging.getLogger("inforge_action")
-        logger.handlers[:] = [_ReporterHandler(self)]
+        handler = _ReporterHandler(self)
+        saved = logger.level, logger.propagate
+        logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
         logger.propagate = False
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(saved[0])
+            logger.propagate = saved[1]
 
     def _command(self, kind: str, message: str, title: str = "") -> None:
         # Workflow command data escapes %, CR and LF; properties also , :

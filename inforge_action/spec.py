@@ -26,7 +26,10 @@ INPUTS: dict[str, InputSpec] = {
         "", False, "environment, which is also the Pulumi stack (prd, qa)"
     ),
     "sha": InputSpec(
-        "", False, "release to push or deploy; default: GITHUB_SHA"
+        "",
+        False,
+        "release to push or deploy (default: GITHUB_SHA); for rollback, "
+        "empty means each host's previous release",
     ),
     "arch": InputSpec(
         "", False, "empty for a neutral artifact, or amd64 / arm64"
@@ -118,9 +121,18 @@ OUTPUTS: dict[str, str] = {
     "key": "push: the artifact's object key; empty otherwise",
     "sha256": "push: the tarball's sha256; empty otherwise",
     "size": "push: the tarball's size in bytes; empty otherwise",
-    "created": "push: 'false' when the release already existed",
-    "pruned": "push, prune: JSON list of pruned SHAs ('[]' for none)",
-    "releases": "list: JSON of the releases and of each host's SHA",
+    "created": (
+        "push: 'true' when this run uploaded the release, 'false' when it "
+        "already existed; empty for other commands"
+    ),
+    "pruned": (
+        "push, prune: JSON list of pruned SHAs ('[]' for none); empty for "
+        "other commands"
+    ),
+    "releases": (
+        "list: JSON of the releases and of each host's SHA; empty for other "
+        "commands"
+    ),
     "result": (
         "deploy, rollback, provision: success, failure or dry-run; "
         "empty otherwise"

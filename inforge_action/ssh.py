@@ -51,6 +51,12 @@ PREFERRED_CIPHERS = (
     "aes256-ctr",
 )
 
+# The host key types asked for first, when known-hosts pins them. paramiko
+# offers a host's first pinned type first, so pinned keys are added in this
+# order: a host with an ed25519 key presents it, and provisioning can
+# encrypt a credential to the very key the connection verified.
+HOST_KEY_PREFERENCE = ("ssh-ed25519", "ssh-rsa")
+
 _KEY_CLASSES: tuple[tuple[type, type[paramiko.PKey]], ...] = (
     (ed25519.Ed25519PrivateKey, paramiko.Ed25519Key),
     (ec.EllipticCurvePrivateKey, paramiko.ECDSAKey),
@@ -445,9 +451,16 @@ def _new_connection(
     )
     trusted = client.get_host_keys()
     for name in known_hosts.keys():
-        for key_type, key in known_hosts[name].items():
-            trusted.add(name, key_type, key)
+        pinned = known_hosts[name]
+        for key_type in sorted(pinned.keys(), key=_host_key_rank):
+            trusted.add(name, key_type, pinned[key_type])
     return connection
+
+
+def _host_key_rank(key_type: str) -> int:
+    if key_type in HOST_KEY_PREFERENCE:
+        return HOST_KEY_PREFERENCE.index(key_type)
+    return len(HOST_KEY_PREFERENCE)
 
 
 def _make_transport(sock, disabled_algorithms=None, **kwargs):

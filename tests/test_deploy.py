@@ -123,10 +123,10 @@ def test_a_payload_that_exits_at_once_is_reverted(
 ):
     world = deploy_world(tmp_path, s3_server, hosts[:1], service)
     ssh = host_inputs(hosts)
-    push(world, "3333good")
-    assert (
-        world.run("deploy", environment="prd", sha="3333good", **ssh).code == 0
-    )
+    for sha in ("3333old", "3333good"):
+        push(world, sha)
+        deployed = world.run("deploy", environment="prd", sha=sha, **ssh)
+        assert deployed.code == 0, deployed.log
     before = stored_manifest(world).deployments[hosts[0].address]
     push(world, "3333bad", CRASHING_RUN)
 
@@ -140,6 +140,10 @@ def test_a_payload_that_exits_at_once_is_reverted(
     assert unit_state(hosts[0], service) == "active"
     after = stored_manifest(world).deployments[hosts[0].address]
     assert after == before
+    # The failed release never becomes the one a rollback returns to.
+    back = world.run("rollback", environment="prd", **ssh)
+    assert back.code == 0, back.log
+    assert running_sha(hosts[0], service) == "3333old"
 
 
 def test_a_wrong_host_key_stops_before_any_upload(
@@ -263,7 +267,7 @@ def test_a_cancelled_deploy_finishes_the_host_in_flight_and_stops(
     log = "".join(lines) + rest
 
     assert process.returncode == 1, log
-    assert "received SIGINT" in log
+    assert "the job is being cancelled" in log
     shipped = [h for h in hosts if running_sha(h, service) == "7777aaa"]
     assert len(shipped) == 1, log
     assert unit_state(shipped[0], service) == "active"

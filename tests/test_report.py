@@ -62,4 +62,7 @@ def test_plain_text_on_a_laptop(tmp_path):
     with reporter.group("Upload"):
         reporter.set_output("sha", "abc")
 
-    assert reporter.stream.getvalue() == "==> Upload\noutput sha=abc\n"
+    assert re.fullmatch(
+        r"==> Upload\noutput sha=abc\n    \d+\.\d\d s\n",
+        reporter.stream.getvalue(),
+    )

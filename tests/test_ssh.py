@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,23 @@ def host(module_host_factory, client_keys) -> TestHost:
 def stranger_key(tmp_path_factory) -> ClientKey:
     """An ed25519 key that no host trusts and no host has."""
     return generate_client_key(tmp_path_factory.mktemp("stranger"))
+
+
+@pytest.fixture
+def ssh_log(caplog) -> Iterator[pytest.LogCaptureFixture]:
+    """Capture inforge_action.ssh warnings at their logger."""
+    # cli.main points the package logger at a reporter and stops its
+    # propagation, so the root handler of caplog may never see them.
+    logger = logging.getLogger("inforge_action.ssh")
+    caplog.set_level(logging.WARNING, logger=logger.name)
+    propagate = logger.propagate
+    logger.propagate = False
+    logger.addHandler(caplog.handler)
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)
+        logger.propagate = propagate
 
 
 def open_session(host: TestHost, **overrides) -> ssh.HostSession:
@@ -155,8 +173,7 @@ def test_unknown_host_is_refused_and_named(host):
     assert f"ssh-keyscan -t ed25519 -p 22 {host.address}" in message
 
 
-def test_accept_new_takes_an_unknown_key_and_warns(host, caplog):
-    caplog.set_level(logging.WARNING, logger="inforge_action.ssh")
+def test_accept_new_takes_an_unknown_key_and_warns(host, ssh_log):
     offered = keygen_fingerprint(host.host_public_keys["ed25519"])
 
     with open_session(host, known_hosts="", accept_new=True) as session:
@@ -165,7 +182,7 @@ def test_accept_new_takes_an_unknown_key_and_warns(host, caplog):
 
     assert result.exit_code == 0
     assert ssh.fingerprint(host_key) == offered
-    warnings = [r for r in caplog.records if r.name == "inforge_action.ssh"]
+    warnings = [r for r in ssh_log.records if r.name == "inforge_action.ssh"]
     assert len(warnings) == 1
     assert warnings[0].levelno == logging.WARNING
     assert offered in warnings[0].getMessage()
@@ -349,9 +366,8 @@ def test_unreadable_key_names_the_input_without_echoing(text):
 
 
 def test_a_key_the_host_does_not_accept_fails_without_retry(
-    host, stranger_key, caplog
+    host, stranger_key, ssh_log
 ):
-    caplog.set_level(logging.WARNING, logger="inforge_action.ssh")
     pkey = ssh.load_private_key(stranger_key.private_text, None)
 
     with pytest.raises(HostError) as caught:
@@ -360,7 +376,7 @@ def test_a_key_the_host_does_not_accept_fails_without_retry(
     assert caught.value.phase == "connect"
     assert "authorized_keys" in str(caught.value)
     assert ssh.fingerprint(pkey) in str(caught.value)
-    assert not caplog.records
+    assert not ssh_log.records
 
 
 def test_failed_command_carries_exit_code_and_output_tail(host):
@@ -399,9 +415,8 @@ def test_a_command_over_its_timeout_is_abandoned(host):
 
 
 def test_refused_connection_is_retried_then_fails(
-    idle_address, stranger_key, caplog
+    idle_address, stranger_key, ssh_log
 ):
-    caplog.set_level(logging.WARNING, logger="inforge_action.ssh")
     pkey = ssh.load_private_key(stranger_key.private_text, None)
 
     with pytest.raises(HostError) as caught:
@@ -414,7 +429,7 @@ def test_refused_connection_is_retried_then_fails(
             retry_delay=0.05,
         )
 
-    retries = [r for r in caplog.records if "connect attempt" in r.message]
+    retries = [r for r in ssh_log.records if "connect attempt" in r.message]
     assert caught.value.phase == "connect"
     assert f"{idle_address}:22 after 3 attempts" in str(caught.value)
     assert len(retries) == 2

@@ -131,11 +131,12 @@ def start_seaweed(workdir: Path) -> S3Server:
 
 def _wait_until_ready(server: S3Server) -> None:
     deadline = time.monotonic() + WEED_READY_SECONDS
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             break
         try:
-            with urllib.request.urlopen(server.endpoint, timeout=2) as reply:
+            with opener.open(server.endpoint, timeout=2) as reply:
                 reply.read()
             return
         except urllib.error.HTTPError:

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The demo command: install what is missing, then run the main job end to
+# end on this machine (SeaweedFS, two systemd-nspawn hosts, real SSH).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/setup.sh
+exec python3 demo/run_demo.py
