@@ -106,14 +106,14 @@ def demo(root: Path, server, hosts) -> None:
     action(world, "provision", credential="demo-api-token", **common)
 
     for version in ("v1", "v2"):
-        release(world, version, HELLO_RUN)
-        step(f"deploy {version}")
-        action(world, "deploy", sha=version, **common)
+        sha = release(world, version, HELLO_RUN)
+        step(f"deploy {version} ({sha[:12]})")
+        action(world, "deploy", sha=sha, **common)
         show_answers(hosts)
 
-    release(world, "v3-broken", BROKEN_RUN)
-    step("deploy v3-broken: its run exits at once, so it is reverted")
-    action(world, "deploy", sha="v3-broken", expect_failure=True, **common)
+    sha = release(world, "v3", BROKEN_RUN)
+    step(f"deploy v3 ({sha[:12]}): its run exits at once, so it is reverted")
+    action(world, "deploy", sha=sha, expect_failure=True, **common)
     show_answers(hosts)
 
     step("rollback with no sha: each host returns to its previous release")
@@ -130,15 +130,18 @@ def demo(root: Path, server, hosts) -> None:
     print(textwrap.indent(body.read().decode(), "    "))
 
 
-def release(world, version: str, script: str) -> None:
-    step(f"push {version}")
+def release(world, version: str, script: str) -> str:
+    """Commit a new version of the service, build it and push it."""
+    www = world.service_repo / "dist" / "www"
+    www.mkdir(parents=True, exist_ok=True)
+    (www / "index.html").write_text(f"hello from release {version}\n")
     world.write_payload(version, script.format(
         service=SERVICE, port=PORT, sha=version
     ))  # fmt: skip
-    www = world.service_repo / "dist" / "www"
-    www.mkdir(exist_ok=True)
-    (www / "index.html").write_text(f"hello from release {version}\n")
-    action(world, "push", sha=version)
+    sha = world.commit(f"hello {version}")
+    step(f"push {version} ({sha[:12]})")
+    action(world, "push", sha=sha)
+    return sha
 
 
 def action(world, command: str, expect_failure: bool = False, **inputs):
