@@ -22,7 +22,7 @@ from typing import Any
 from . import remote, store
 from .commands import Run
 from .errors import ActionError, ArtifactMissing, ConfigError, DeployError
-from .report import format_table, markdown_table
+from .report import format_table, host_lines, markdown_table
 
 
 CONNECT_PARALLEL = 8
@@ -198,7 +198,9 @@ def resolve_targets(run: Run) -> list[Any]:
     return targets
 
 
-def connect_all(run: Run, targets: list[Any]) -> list[tuple[Any, Any]]:
+def connect_all(
+    run: Run, targets: list[Any], failure: type[ActionError] = DeployError
+) -> list[tuple[Any, Any]]:
     """One verified session per target; any failure closes them all."""
     from . import ssh
 
@@ -231,7 +233,7 @@ def connect_all(run: Run, targets: list[Any]) -> list[tuple[Any, Any]]:
     if errors:
         for _, session in sessions:
             session.close()
-        raise DeployError(
+        raise failure(
             "preflight failed, no host was changed:\n"
             + "\n".join(f"- {e}" for e in errors)
         )
@@ -640,10 +642,7 @@ def _report_results(run: Run, rollout: Rollout) -> None:
         + markdown_table(headers, rows)
     )
     if failed:
-        details = "\n".join(
-            f"- {r.host}: {r.result}" + (f": {r.detail}" if r.detail else "")
-            for r in failed
-        )
+        details = host_lines(failed)
         raise DeployError(
             f"{len(failed)} of {len(results)} host(s) did not deploy "
             f"{run.service}:\n{details}\nThe failed hosts run what they "

@@ -13,6 +13,7 @@
     ├── HostError               a host failed (names host and phase)
     │   └── HostKeyError        the host key is unknown or changed
     ├── DeployError             the rollout as a whole failed
+    ├── ProvisionError          provisioning failed on some host
     ├── Cancelled               the runner cancelled the job
     └── GitError                the manifest commit failed
 
@@ -80,6 +81,10 @@ class HostKeyError(HostError):
 
 class DeployError(ActionError):
     title = "Deploy failed"
+
+
+class ProvisionError(ActionError):
+    title = "Provisioning failed"
 
 
 class Cancelled(ActionError):

@@ -30,8 +30,8 @@ from yaml.nodes import MappingNode, ScalarNode
 
 from . import remote
 from .commands import Run
-from .errors import ActionError, HostError, HostKeyError
-from .report import markdown_table
+from .errors import ActionError, HostError, HostKeyError, ProvisionError
+from .report import host_lines, markdown_table
 
 
 SERVICES_DIR = "/etc/wardnet/services"
@@ -480,10 +480,10 @@ def provision(run: Run) -> None:
         if not t.unit.endswith(".service")
     ]
     if problems:
-        raise ActionError(_preflight_failure(problems))
+        raise ProvisionError(_preflight_failure(problems))
 
     with run.reporter.group(f"Connect to {len(targets)} host(s)"):
-        sessions = connect_all(run, targets)
+        sessions = connect_all(run, targets, ProvisionError)
     try:
         with run.reporter.group(f"Inspect {len(targets)} host(s)"):
             plans = _plan_all(run, sessions)
@@ -538,7 +538,7 @@ def _plan_all(run: Run, sessions: list[tuple[Any, Any]]) -> list[HostPlan]:
         except ActionError as error:
             problems.append(str(error))
     if problems:
-        raise ActionError(_preflight_failure(problems))
+        raise ProvisionError(_preflight_failure(problems))
 
     for plan in plans:
         todo = len(plan.changed) + len(plan.unit_actions)
@@ -663,11 +663,8 @@ def _report_results(run: Run, results: list[HostResult]) -> None:
         "\n\n" + markdown_table(["host", "result", "changed"], rows)
     )
     if failed:
-        details = "\n".join(
-            f"- {r.host}: {r.result}" + (f": {r.detail}" if r.detail else "")
-            for r in failed
-        )
-        raise ActionError(
+        details = host_lines(failed)
+        raise ProvisionError(
             f"{len(failed)} of {len(results)} host(s) were not provisioned "
             f"for {run.service}:\n{details}\nEvery step is safe to repeat: "
             "fix the cause and run provision again"

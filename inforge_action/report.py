@@ -182,3 +182,11 @@ def markdown_table(
     for row in rows:
         lines.append("| " + " | ".join(cell(c) for c in row) + " |")
     return "\n".join(lines)
+
+
+def host_lines(results: Sequence) -> str:
+    """One Markdown bullet per host result: host, result and detail."""
+    return "\n".join(
+        f"- {r.host}: {r.result}" + (f": {r.detail}" if r.detail else "")
+        for r in results
+    )

@@ -352,31 +352,39 @@ class TestHost:
     def install_unit(self, service: str, user: str | None) -> None:
         """Provision a service as inforge does: folder, descriptor, unit.
 
-        The unit is enabled and started, so it stays skipped by its
-        ConditionPathExists until ``<folder>/run`` exists.
+        The files are the product's own renderings (provision.py), put in
+        place from the test side without SSH, so deploy tests need no
+        provision run. The unit stays skipped by its ConditionPathExists
+        until ``<folder>/run`` exists.
         """
-        folder = f"/srv/wardnet/{service}"
-        descriptor_dir = f"/etc/wardnet/services/{service}"
-        unit = f"wardnet-{service}.service"
-        self.run_root(["install", "-d", "-m", "0755", folder, descriptor_dir])
-
-        descriptor = [
-            f"service: {service}",
-            f"folder: {folder}",
-            f"unit: {unit}",
-        ]
-        if user:
-            descriptor.append(f"user: {user}")
-        self.write_file(
-            f"{descriptor_dir}/descriptor.yaml", "\n".join(descriptor) + "\n"
+        from inforge_action.descriptor import Target
+        from inforge_action.provision import (
+            render_descriptor,
+            render_unit,
+            service_dir,
         )
 
+        target = Target(
+            service=service,
+            host_dns=self.address,
+            folder=f"/srv/wardnet/{service}",
+            unit=f"wardnet-{service}.service",
+            user=user or "",
+        )
+        descriptor_dir = service_dir(service)
+        self.run_root(
+            ["install", "-d", "-m", "0755", target.folder, descriptor_dir]
+        )
         self.write_file(
-            f"/etc/systemd/system/{unit}",
-            render_unit(service, folder, descriptor_dir),
+            f"{descriptor_dir}/descriptor.yaml",
+            render_descriptor(target, "test"),
+        )
+        self.write_file(
+            f"/etc/systemd/system/{target.unit}",
+            render_unit(service, target.folder),
         )
         self.run_root(["systemctl", "daemon-reload"])
-        self.run_root(["systemctl", "enable", "--now", "--quiet", unit])
+        self.run_root(["systemctl", "enable", "--now", "--quiet", target.unit])
 
     def start(self) -> None:
         """Start the container; `wait_until_ready` waits for its sshd."""
@@ -543,26 +551,6 @@ class TestHost:
             f"test host {self.name} ({self.address}) did not boot: {reason}."
             f"\nLast console lines ({self.log_path}):\n{tail}"
         )
-
-
-def render_unit(service: str, folder: str, descriptor_dir: str) -> str:
-    """The unit provisioning writes, as CONTRACT.md "On the host" says."""
-    return (
-        "[Unit]\n"
-        f"Description=wardnet service {service}\n"
-        f"ConditionPathExists={folder}/run\n"
-        "StartLimitIntervalSec=0\n"
-        "\n"
-        "[Service]\n"
-        f"ExecStart=/usr/local/bin/inforge-bootstrap {descriptor_dir}\n"
-        f"WorkingDirectory={folder}\n"
-        "Restart=always\n"
-        "RestartSec=5\n"
-        f"RuntimeDirectory=wardnet/{service}\n"
-        "\n"
-        "[Install]\n"
-        "WantedBy=multi-user.target\n"
-    )
 
 
 def write_text(path: Path, text: str, mode: int = 0o644) -> None:
