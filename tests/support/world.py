@@ -161,3 +161,15 @@ def host_inputs(hosts) -> dict[str, str]:
         "known_hosts": "".join(h.known_hosts_line() for h in hosts),
         "verify_seconds": "2",
     }
+
+
+HTTP_RUN = """\
+#!/bin/sh
+# Sample web service: answers on its host's own address, from the
+# descriptor that provisioning wrote.
+descriptor=/etc/wardnet/services/{service}/descriptor.yaml
+address=$(sed -n 's/^host: *//p' "$descriptor")
+cd "$(dirname "$0")"
+echo "{sha}" > /tmp/{service}.sha
+exec python3 -m http.server --bind "$address" 8080
+"""
