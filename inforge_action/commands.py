@@ -322,7 +322,7 @@ def list_releases(run: Run) -> None:
         ]
         reporter.info(format_table(["sha", "arch", "bytes", "date"], rows))
         hosts = [
-            [env, host, entry.sha, entry.arch or "-", entry.deployed_at]
+            [env, host, entry.sha, entry.arch or "neutral", entry.deployed_at]
             for env, manifest in sorted(environments.items())
             for host, entry in sorted(manifest.deployments.items())
             if not run.inputs.environment or env == run.inputs.environment

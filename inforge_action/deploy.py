@@ -535,7 +535,7 @@ def ship_host(
 def _revert(run: Run, plan: HostPlan, old_target: str, verdict) -> str:
     """Switch back to what ran before; say what happened."""
     session, unit = plan.session, plan.target.unit
-    journal = remote.journal_tail(session, unit)
+    journal = remote.journal_tail(session, unit, verdict.invocation)
     why = f"{unit} was unhealthy after the restart ({verdict.detail})"
     if old_target:
         remote.switch(session, plan.layout, old_target)
@@ -643,10 +643,19 @@ def _report_results(run: Run, rollout: Rollout) -> None:
     )
     if failed:
         details = host_lines(failed)
+        counts = ", ".join(
+            f"{sum(r.result == kind for r in failed)} {label}"
+            for kind, label in (
+                ("failed", "failed"),
+                ("skipped", "not started"),
+            )
+            if any(r.result == kind for r in failed)
+        )
         raise DeployError(
-            f"{len(failed)} of {len(results)} host(s) did not deploy "
-            f"{run.service}:\n{details}\nThe failed hosts run what they "
-            "ran before; fix the cause and run the deploy again"
+            f"{run.service} did not reach every host ({counts}, of "
+            f"{len(results)}):\n{details}\nA failed host was switched back "
+            "to what it ran before (its line says how that went); hosts "
+            "not started were not touched. Fix the cause and deploy again"
         )
 
 

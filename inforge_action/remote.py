@@ -283,6 +283,7 @@ fi
 snapshot
 started=$invocation
 counted=$restarts
+echo "started=$started"
 answered=no
 [ -z "$url" ] && answered=yes
 ticks=$(awk -v s="$seconds" 'BEGIN {print int(s * 4 + 0.999)}')
@@ -317,6 +318,7 @@ echo "state=$state/$sub pid=$pid"
 class Verdict:
     healthy: bool
     detail: str
+    invocation: str = ""
 
 
 def restart_and_verify(
@@ -335,16 +337,32 @@ def restart_and_verify(
         phase="restart",
         timeout=seconds + 60,
     )  # fmt: skip
-    lines = result.stdout.strip().splitlines()
-    verdict = lines[0].partition("=")[2] if lines else "no-output"
-    detail = " ".join(lines[1:]) or verdict
-    return Verdict(verdict == "healthy", detail)
+    said: dict[str, str] = {}
+    details = []
+    for line in result.stdout.strip().splitlines():
+        key, _, value = line.partition("=")
+        if key in ("verdict", "started"):
+            said[key] = value
+        else:
+            details.append(line)
+    verdict = said.get("verdict", "no-output")
+    detail = " ".join(details) or verdict
+    return Verdict(verdict == "healthy", detail, said.get("started", ""))
 
 
-def journal_tail(session: Any, unit: str) -> str:
-    """The unit's last journal lines, for a failure report."""
+def journal_tail(session: Any, unit: str, invocation: str = "") -> str:
+    """The unit's last journal lines, for a failure report.
+
+    With ``invocation``, only that run of the unit: the lines of the
+    service itself and systemd's own about it.
+    """
+    if invocation:
+        match = [f"_SYSTEMD_INVOCATION_ID={invocation}", "+",
+                 f"INVOCATION_ID={invocation}"]  # fmt: skip
+    else:
+        match = ["-u", unit]
     result = session.run(
-        ["journalctl", "-u", unit, "-n", str(JOURNAL_LINES), "--no-pager",
+        ["journalctl", *match, "-n", str(JOURNAL_LINES), "--no-pager",
          "-o", "short-iso"],
         sudo=True,
         phase="journal",

@@ -20,7 +20,9 @@ INPUTS: dict[str, InputSpec] = {
         "", False, "push, deploy, rollback, list, prune or provision"
     ),
     "service": InputSpec(
-        "", False, "service name; default: the only one in inforge.yaml"
+        "",
+        False,
+        "service name; default: the only one in deployments/inforge.yaml",
     ),
     "environment": InputSpec(
         "", False, "environment, which is also the Pulumi stack (prd, qa)"
@@ -35,7 +37,10 @@ INPUTS: dict[str, InputSpec] = {
         "", False, "empty for a neutral artifact, or amd64 / arm64"
     ),
     "artifact-path": InputSpec(
-        "", False, "directory to package; overrides deployments/<service>"
+        "",
+        False,
+        "directory to package; overrides artifact_path in "
+        "deployments/<service>.yaml",
     ),
     "deployments-dir": InputSpec(
         "deployments", False, "the service repo's deployments directory"
@@ -58,7 +63,10 @@ INPUTS: dict[str, InputSpec] = {
         "", False, "artifact bucket; overrides the platform's inforge.yaml"
     ),
     "keep": InputSpec(
-        "", False, "unpinned releases to keep when pruning; overrides it too"
+        "",
+        False,
+        "unpinned releases to keep when pruning; overrides artifacts.keep "
+        "in the platform's inforge.yaml",
     ),
     "r2-account-id": InputSpec("", True, "Cloudflare account id for R2"),
     "r2-access-key-id": InputSpec("", True, "R2 access key id"),
@@ -106,10 +114,14 @@ INPUTS: dict[str, InputSpec] = {
     "commit-manifest": InputSpec(
         "",
         False,
-        "commit deployments/manifest.<env>.yaml; default true for deploys",
+        "commit deployments/manifest.<env>.yaml; default true for deploy "
+        "and rollback",
     ),
     "github-token": InputSpec(
-        "", True, "token that pushes the manifest commit"
+        "",
+        True,
+        "token that pushes the manifest commit; in action.yml it defaults "
+        "to the job's token",
     ),
     "credential": InputSpec(
         "", True, "provision: the service's credential, encrypted per host"
@@ -138,8 +150,10 @@ OUTPUTS: dict[str, str] = {
         "empty otherwise"
     ),
     "hosts": (
-        "deploy, rollback, provision: JSON list of per-host results "
-        "({host, previous, sha, result, seconds}); empty otherwise"
+        "deploy, rollback: JSON list of {host, previous, sha, result, "
+        "seconds}, result one of deployed, unchanged, failed, skipped; "
+        "provision: JSON list of {host, result, changed, unit}, result one "
+        "of created, changed, unchanged, failed, skipped; empty otherwise"
     ),
     "manifest-commit": (
         "deploy, rollback: the manifest commit's SHA; empty when nothing "

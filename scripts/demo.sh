@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/setup.sh
-exec python3 demo/run_demo.py
+export PATH="$PWD/.venv/bin:$PATH"
+exec python demo/run_demo.py

@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/setup.sh
-python3 -m ruff check .
-python3 -m ruff format --check .
-exec python3 -m pytest "$@"
+export PATH="$PWD/.venv/bin:$PATH"
+python -m ruff check .
+python -m ruff format --check .
+exec python -m pytest "$@"
