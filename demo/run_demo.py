@@ -116,7 +116,10 @@ def demo(root: Path, server, hosts) -> None:
     action(world, "deploy", sha=sha, expect_failure=True, **common)
     show_answers(hosts)
 
-    step("rollback with no sha: each host returns to its previous release")
+    step(
+        "rollback with no sha: each host returns to the release it ran "
+        "before its last good deploy (v1; the reverted v3 never counts)"
+    )
     action(world, "rollback", **common)
     show_answers(hosts)
 
