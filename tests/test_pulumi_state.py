@@ -59,7 +59,7 @@ DESCRIPTOR = {
         },
         {
             "service": "worker",
-            "host_dns": "10.0.3.7",
+            "host_dns": "127.0.3.7",
             "folder": "/srv/wardnet/worker",
             "unit": "wardnet-worker.service",
         },
@@ -882,7 +882,7 @@ def test_unsafe_target_fields_are_refused(field, value):
 @pytest.mark.parametrize(
     "host",
     [
-        pytest.param("10.0.3.7", id="ipv4"),
+        pytest.param("127.0.3.7", id="ipv4"),
         pytest.param("fd00::7", id="ipv6"),
         pytest.param("api.vm.prd.use1.example.net.", id="fqdn-dot"),
         pytest.param("localhost", id="single-label"),
