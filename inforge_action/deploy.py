@@ -524,7 +524,16 @@ def ship_host(
             return finish("failed", _revert(run, plan, old_target, verdict))
         if old_target and old_target != target:
             remote.remember_previous(plan.session, plan.layout, old_target)
-        _record(run, plan)
+        try:
+            _record(run, plan)
+        except ActionError as error:
+            # The host runs the new release; only the record is missing.
+            # A second run is a no-op on this host that writes it.
+            return finish(
+                "unrecorded",
+                f"runs {plan.sha}, verified, but its manifest entry was not "
+                f"written: {error}. Run the deploy again to record it",
+            )
         _clean(run, plan, old_target)
         return finish("deployed", verdict.detail)
     except ActionError as error:
@@ -624,7 +633,7 @@ def _report_plan(run: Run, plans: list[HostPlan]) -> None:
 
 def _report_results(run: Run, rollout: Rollout) -> None:
     results = sorted(rollout.results, key=lambda r: r.host)
-    failed = [r for r in results if r.result in ("failed", "skipped")]
+    failed = [r for r in results if r.result not in ("deployed", "unchanged")]
     run.reporter.set_output("sha", run.inputs.sha or _only_sha(results))
     run.reporter.set_output("result", "failure" if failed else "success")
     run.reporter.set_output(
@@ -647,15 +656,16 @@ def _report_results(run: Run, rollout: Rollout) -> None:
             f"{sum(r.result == kind for r in failed)} {label}"
             for kind, label in (
                 ("failed", "failed"),
+                ("unrecorded", "not recorded"),
                 ("skipped", "not started"),
             )
             if any(r.result == kind for r in failed)
         )
         raise DeployError(
             f"{run.service} did not reach every host ({counts}, of "
-            f"{len(results)}):\n{details}\nA failed host was switched back "
-            "to what it ran before (its line says how that went); hosts "
-            "not started were not touched. Fix the cause and deploy again"
+            f"{len(results)}):\n{details}\nEach line says what that host runs "
+            "now; hosts not started were not touched. Fix the cause and "
+            "deploy again"
         )
 
 

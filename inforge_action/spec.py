@@ -151,7 +151,8 @@ OUTPUTS: dict[str, str] = {
     ),
     "hosts": (
         "deploy, rollback: JSON list of {host, previous, sha, result, "
-        "seconds}, result one of deployed, unchanged, failed, skipped; "
+        "seconds}, result one of deployed, unchanged, failed, unrecorded "
+        "(runs, but the manifest write failed), skipped; "
         "provision: JSON list of {host, result, changed, unit}, result one "
         "of created, changed, unchanged, failed, skipped; empty otherwise"
     ),

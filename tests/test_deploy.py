@@ -433,3 +433,28 @@ def test_the_manifest_is_committed_to_the_service_repo(
     assert "[skip ci]" in message and service in message and "e1" in message
     committed = git(origin, "show", "main:deployments/manifest.prd.yaml")
     assert load_manifest(committed).deployments[hosts[0].address].sha == "e1"
+
+
+def test_a_host_whose_manifest_write_fails_is_reported_and_recorded_later(
+    tmp_path, s3_server, hosts, service
+):
+    from tests.support.seaweed import READONLY_KEY
+
+    world = single_host_world(tmp_path, s3_server, hosts[0], service)
+    ssh = host_inputs(hosts)
+    push(world, "f1")
+
+    refused = world.run(
+        "deploy", environment="prd", sha="f1",
+        r2_access_key_id=READONLY_KEY,
+        r2_secret_access_key=s3_server.readonly_secret, **ssh,
+    )  # fmt: skip
+    again = world.run("deploy", environment="prd", sha="f1", **ssh)
+
+    assert refused.code == 1
+    assert [h["result"] for h in refused.json("hosts")] == ["unrecorded"]
+    assert "manifest entry was not written" in refused.log
+    assert running_sha(hosts[0], service) == "f1"
+    assert again.code == 0, again.log
+    assert [h["result"] for h in again.json("hosts")] == ["unchanged"]
+    assert stored_manifest(world).deployments[hosts[0].address].sha == "f1"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 
 ACCESS_KEY = "inforge-test-key"
+READONLY_KEY = "inforge-readonly-key"
 WEED_READY_SECONDS = 60
 
 
@@ -28,6 +29,7 @@ class S3Server:
     endpoint: str
     access_key: str
     secret_key: str
+    readonly_secret: str
     process: subprocess.Popen
     log_path: Path
 
@@ -85,15 +87,23 @@ def start_seaweed(workdir: Path) -> S3Server:
     data = workdir / "data"
     data.mkdir(parents=True, exist_ok=True)
     secret_key = secrets.token_urlsafe(24)
+    readonly_secret = secrets.token_urlsafe(24)
     identities = {
         "identities": [
+            {
+                "name": "inforge-readonly",
+                "credentials": [
+                    {"accessKey": READONLY_KEY, "secretKey": readonly_secret}
+                ],
+                "actions": ["Read", "List"],
+            },
             {
                 "name": "inforge-test",
                 "credentials": [
                     {"accessKey": ACCESS_KEY, "secretKey": secret_key}
                 ],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-            }
+            },
         ]
     }
     config = workdir / "s3.json"
@@ -122,6 +132,7 @@ def start_seaweed(workdir: Path) -> S3Server:
         endpoint=f"http://127.0.0.1:{s3}",
         access_key=ACCESS_KEY,
         secret_key=secret_key,
+        readonly_secret=readonly_secret,
         process=process,
         log_path=log_path,
     )
