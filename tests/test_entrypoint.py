@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ownership import hand_to_runner, not_the_runners
 from tests.support.world import World, make_world
 
 
 ENTRYPOINT = Path(__file__).resolve().parents[1] / "entrypoint.py"
-RUNNER_UID = 1001
 PLATFORM_TOKEN = "ghp_platformTokenValue1234567890"
 GITHUB_TOKEN = "ghs_githubTokenValue0987654321"
 
@@ -52,21 +52,6 @@ def world(tmp_path, s3_server) -> World:
     world.write_payload("v1")
     hand_to_runner(world.service_repo)
     return world
-
-
-def hand_to_runner(path: Path) -> None:
-    for parent, dirs, files in os.walk(path):
-        for name in (parent, *(Path(parent, n) for n in dirs + files)):
-            os.lchown(name, RUNNER_UID, RUNNER_UID)
-
-
-def not_the_runners(path: Path) -> list[str]:
-    found = []
-    for parent, dirs, files in os.walk(path):
-        for name in (parent, *(Path(parent, n) for n in dirs + files)):
-            if os.lstat(name).st_uid != RUNNER_UID:
-                found.append(str(name))
-    return found
 
 
 def run_action(world: World, tmp_path: Path, **inputs: str) -> Finished:

@@ -25,9 +25,9 @@ from inforge_action.gitcommit import (
 )
 from inforge_action.inputs import Runner
 from tests.support.gitrepo import git, make_repo
+from tests.support.ownership import hand_to_runner, not_the_runners
 
 
-RUNNER_UID = 1001
 MANIFEST = "deployments/manifest.prd.yaml"
 TEXT = (
     "deployments:\n    api.vm.prd.use1.example.net:\n"
@@ -82,12 +82,6 @@ def clone(origin_url: str, target: Path, *config: str) -> Path:
     return target
 
 
-def hand_to_runner(path: Path) -> None:
-    for parent, dirs, files in os.walk(path):
-        for name in (parent, *(Path(parent, n) for n in dirs + files)):
-            os.lchown(name, RUNNER_UID, RUNNER_UID)
-
-
 @pytest.fixture
 def workspace(tmp_path, origin) -> Path:
     target = clone(f"file://{origin}", tmp_path / "workspace")
@@ -118,15 +112,6 @@ def _plain_env() -> dict[str, str]:
         "GIT_COMMITTER_NAME": "Other",
         "GIT_COMMITTER_EMAIL": "other@example.invalid",
     }
-
-
-def root_owned(path: Path) -> list[str]:
-    found = []
-    for parent, dirs, files in os.walk(path):
-        for name in (parent, *(Path(parent, n) for n in dirs + files)):
-            if os.lstat(name).st_uid != RUNNER_UID:
-                found.append(str(name))
-    return found
 
 
 def commit(workspace: Path, runner: Runner = ON_MAIN, **kwargs) -> str | None:
@@ -174,7 +159,7 @@ def test_the_checkout_follows_and_stays_the_runners(workspace):
     assert as_owner(workspace, "rev-parse", "HEAD") == sha
     assert as_owner(workspace, "status", "--porcelain") == ""
     assert (workspace / MANIFEST).read_text() == TEXT
-    assert root_owned(workspace) == []
+    assert not_the_runners(workspace) == []
 
 
 def test_a_detached_head_pushes_to_the_runs_branch(
@@ -195,7 +180,7 @@ def test_a_detached_head_pushes_to_the_runs_branch(
     assert git(origin, "rev-parse", "main") == sha
     assert git(origin, "rev-parse", f"{sha}^") == moved
     assert as_owner(workspace, "rev-parse", "HEAD") == head
-    assert root_owned(workspace) == []
+    assert not_the_runners(workspace) == []
 
 
 def test_an_unchanged_manifest_makes_no_commit(workspace, origin):
@@ -254,7 +239,7 @@ def test_a_concurrent_push_is_committed_again_on_the_new_tip(
     parent = git(origin, "log", "-1", "--format=%s", f"{sha}^")
     assert parent == "race"
     assert git(origin, "show", f"{sha}:{MANIFEST}") + "\n" == TEXT
-    assert root_owned(workspace) == []
+    assert not_the_runners(workspace) == []
 
 
 def test_a_branch_that_keeps_moving_gives_up_after_the_attempts(
@@ -267,7 +252,7 @@ def test_a_branch_that_keeps_moving_gives_up_after_the_attempts(
 
     assert races.read_text().count("x") == 2
     assert git(origin, "log", "-1", "--format=%s", "main") == "race"
-    assert root_owned(workspace) == []
+    assert not_the_runners(workspace) == []
 
 
 def test_a_tag_run_is_refused_before_anything_is_written(workspace, origin):
@@ -489,7 +474,7 @@ def test_pushing_over_http_sends_exactly_one_authorization(
     assert sha == git(origin, "rev-parse", "main")
     assert git_server.headers_seen
     assert all(seen == [basic(expected)] for seen in git_server.headers_seen)
-    assert root_owned(workspace) == []
+    assert not_the_runners(workspace) == []
 
 
 def test_a_403_names_the_permission_the_job_needs(
@@ -509,7 +494,7 @@ def test_a_403_names_the_permission_the_job_needs(
     assert "permissions: contents: write" in message
     assert token not in message and basic(token) not in message
     assert git(origin, "rev-parse", "main") == before
-    assert root_owned(workspace) == []
+    assert not_the_runners(workspace) == []
 
 
 def test_a_missing_origin_is_named(tmp_path):
