@@ -7,6 +7,8 @@ and the optional ``inforge.<env>.yaml``. Formats are in CONTRACT.md.
 
 from __future__ import annotations
 
+import logging
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
 from .inputs import SAFE_NAME_FORM, is_safe_name
+
+
+log = logging.getLogger(__name__)
 
 
 class _Loose(BaseModel):
@@ -78,7 +83,8 @@ def read_yaml(path: Path, *, required: bool = True) -> dict[str, Any]:
         if not required:
             return {}
         raise ConfigError(
-            f"{path} does not exist; create it as CONTRACT.md describes or "
+            f"{path} does not exist; create it as the README's \"Before the "
+            'first deploy" describes, or '
             "point `deployments-dir` at the right directory"
         ) from None
     except OSError as error:
@@ -107,12 +113,63 @@ def _validate(model: type[BaseModel], data: dict[str, Any], path: Path):
 
 def load_service_repo(deployments: Path) -> ServiceRepoConfig:
     path = deployments / "inforge.yaml"
-    return _validate(ServiceRepoConfig, read_yaml(path), path)
+    data = read_yaml(path)
+    _warn_unknown(ServiceRepoConfig, data, path)
+    return _validate(ServiceRepoConfig, data, path)
 
 
 def load_service(deployments: Path, service: str) -> ServiceConfig:
     path = deployments / f"{service}.yaml"
-    return _validate(ServiceConfig, read_yaml(path), path)
+    data = read_yaml(path)
+    _warn_unknown(ServiceConfig, data, path)
+    return _validate(ServiceConfig, data, path)
+
+
+def _warn_unknown(model: type[BaseModel], data: Any, path: Path) -> None:
+    # The service repo's files are ours alone, so a key we do not know is
+    # a typo (`artifact-path`, `healthcheck`) that would silently fall
+    # back to a default; the platform's inforge.yaml is shared with the
+    # inforge CLI and may hold keys meant for it.
+    for where, key, known in _unknown_keys(model, data, ""):
+        log.warning(
+            "%s: unknown key %r%s is ignored (known: %s)",
+            path,
+            key,
+            f" under {where}" if where else "",
+            ", ".join(known),
+        )
+
+
+def _unknown_keys(model: type[BaseModel], data: Any, where: str):
+    if not isinstance(data, dict):
+        return
+    fields = model.model_fields
+    for key, value in data.items():
+        if key not in fields:
+            yield where, key, sorted(fields)
+            continue
+        inner = _model_of(fields[key].annotation)
+        if inner is None:
+            continue
+        kind, nested = inner
+        child = f"{where}.{key}" if where else key
+        if kind == "model":
+            yield from _unknown_keys(nested, value, child)
+        elif isinstance(value, dict):
+            for name, item in value.items():
+                yield from _unknown_keys(nested, item, f"{child}.{name}")
+
+
+def _model_of(annotation: Any):
+    """("model", M) for a model field, ("map", M) for dict[str, M]."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "model", annotation
+    arguments = typing.get_args(annotation)
+    if typing.get_origin(annotation) is dict and len(arguments) == 2:
+        value = arguments[1]
+        if isinstance(value, type) and issubclass(value, BaseModel):
+            return "map", value
+    return None
 
 
 def resolve_service(requested: str, repo: ServiceRepoConfig, path: Path):

@@ -137,7 +137,7 @@ def commit_manifest_copy(run: Run, rollout: Rollout) -> None:
     commit: str | None = None
     if inputs.commit_manifest and hosts:
         env = inputs.environment
-        path = f"{inputs.deployments_dir}/manifest.{env}.yaml"
+        path = manifest_copy_path(run)
         sha = inputs.sha or _only_sha(rollout.results)
         with reporter.group(f"Commit {path}"):
             try:
@@ -159,6 +159,19 @@ def commit_manifest_copy(run: Run, rollout: Rollout) -> None:
                     title=error.title,
                 )
     reporter.set_output("manifest-commit", commit or "")
+
+
+def manifest_copy_path(run: Run) -> str:
+    """Where the service repo keeps its copy of the store's manifest.
+
+    ``deployments/manifest.<env>.yaml``; a repo that ships several
+    services names the service too, so their copies never overwrite
+    each other.
+    """
+    env, directory = run.inputs.environment, run.inputs.deployments_dir
+    if run.has_deployments and len(run.service_repo.services) > 1:
+        return f"{directory}/manifest.{run.service}.{env}.yaml"
+    return f"{directory}/manifest.{env}.yaml"
 
 
 def resolve_targets(run: Run) -> list[Any]:

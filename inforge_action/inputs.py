@@ -111,7 +111,8 @@ def read_raw(
 ) -> dict[str, str]:
     """Input values by name: a flag wins over ``INPUT_*``, then defaults."""
     raw = {}
-    for name, (default, _, _) in INPUTS.items():
+    for name, spec in INPUTS.items():
+        default = spec.default
         value = flags.get(name)
         if value is None:
             value = environ.get(f"INPUT_{name.upper()}")

@@ -11,6 +11,8 @@ class InputSpec(NamedTuple):
     default: str
     secret: bool
     help: str
+    # What action.yml defaults to on a runner, where it differs.
+    runner_default: str = ""
 
 
 COMMANDS = ("push", "deploy", "rollback", "list", "prune", "provision")
@@ -49,7 +51,9 @@ INPUTS: dict[str, InputSpec] = {
         "", False, "platform repo owner/name; overrides inforge.yaml"
     ),
     "platform-ref": InputSpec(
-        "", False, "branch or tag of the platform repo; default: its HEAD"
+        "",
+        False,
+        "branch, tag or commit SHA of the platform repo; default: its HEAD",
     ),
     "platform-token": InputSpec(
         "", True, "token that can read the platform repo"
@@ -120,8 +124,9 @@ INPUTS: dict[str, InputSpec] = {
     "github-token": InputSpec(
         "",
         True,
-        "token that pushes the manifest commit; in action.yml it defaults "
-        "to the job's token",
+        "token that pushes the manifest commit; on a runner, the job's own "
+        "token unless another is given",
+        runner_default="${{ github.token }}",
     ),
     "credential": InputSpec(
         "", True, "provision: the service's credential, encrypted per host"

@@ -36,7 +36,8 @@ def inputs_table() -> str:
     """Every input with its default; secrets say so."""
     lines = ["| Input | Default | Description |", "|---|---|---|"]
     for name, spec in INPUTS.items():
-        default = f"`{spec.default}`" if spec.default else ""
+        shown = spec.runner_default or spec.default
+        default = f"`{shown}`" if shown else ""
         required = "**Required.** " if name == "command" else ""
         secret = " Masked in the log." if spec.secret else ""
         description = _cell(f"{required}{spec.help}.{secret}")

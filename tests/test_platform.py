@@ -151,3 +151,20 @@ def test_an_unresolvable_service_says_why(tmp_path, requested, fragment):
 
     with pytest.raises(ConfigError, match=fragment):
         config.resolve_service(requested, repo, tmp_path)
+
+
+def test_a_misspelled_key_in_the_service_file_is_warned_about(
+    tmp_path, caplog
+):
+    (tmp_path / "api.yaml").write_text(
+        "environments:\n  prd:\n    artifact-path: build\n"
+        "    healthcheck: http://127.0.0.1:8080/\n"
+    )
+
+    with caplog.at_level("WARNING", logger="inforge_action"):
+        service = config.load_service(tmp_path, "api")
+
+    assert service.environments["prd"].artifact_path == "dist"
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "'artifact-path'" in warned and "'healthcheck'" in warned
+    assert "environments.prd" in warned and "artifact_path" in warned

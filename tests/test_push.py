@@ -130,3 +130,38 @@ def test_a_missing_artifact_dir_is_named(world):
 
     assert result.code == 1
     assert "dist" in result.log
+
+
+@pytest.mark.parametrize(
+    ("services", "expected"),
+    [
+        pytest.param(["api"], "deployments/manifest.prd.yaml", id="one"),
+        pytest.param(
+            ["api", "web"], "deployments/manifest.api.prd.yaml", id="several"
+        ),
+    ],
+)
+def test_the_manifest_copy_never_mixes_two_services(world, services, expected):
+    import io
+    from contextlib import ExitStack
+
+    from inforge_action.commands import Run
+    from inforge_action.deploy import manifest_copy_path
+    from inforge_action.inputs import load_inputs
+    from inforge_action.report import Reporter
+
+    listed = "".join(f"  - {name}\n" for name in services)
+    (world.service_repo / "deployments" / "inforge.yaml").write_text(
+        f"platform: wardnet/platform\nservices:\n{listed}"
+    )
+    environ = world.environ(
+        command="deploy", environment="prd", service="api", sha="abc",
+        ssh_private_key="unused", known_hosts="unused",
+    )  # fmt: skip
+    inputs = load_inputs(environ, {})
+
+    with ExitStack() as stack:
+        run = Run(inputs, Reporter(inputs.runner, io.StringIO()), stack)
+        path = manifest_copy_path(run)
+
+    assert path == expected
