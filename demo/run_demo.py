@@ -59,6 +59,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="inforge-demo-") as scratch:
         root = Path(scratch)
         server = start_seaweed(root / "seaweed")
+        print(
+            f"    SeaweedFS S3 API on {server.endpoint}, credentials enforced"
+        )
         try:
             step("Boot two hosts: systemd + sshd on their own addresses")
             with running_hosts(rootfs, root / "hosts", 2) as hosts:
@@ -94,6 +97,11 @@ def demo(root: Path, server, hosts) -> None:
         secret=True,
     )
     commit_files(world.platform_repo, {}, "stack prd")
+    print(
+        "\n=== Platform repo: stack prd's checkpoint holds deployDescriptor "
+        "as a Pulumi secret\n    (passphrase provider); every command below "
+        "decrypts it with pulumi-passphrase"
+    )
     common = {
         "environment": "prd",
         "ssh_private_key": hosts[0].client_key_text,
