@@ -386,11 +386,8 @@ def _choose_artifacts(run: Run, plans: list[HostPlan]) -> list[str]:
 
 
 def _variants(run: Run, sha: str) -> dict[str, store.Variant]:
-    found = {}
-    for release in store.list_releases(run.client, run.bucket, run.service):
-        if release.sha == sha:
-            found = {variant.arch: variant for variant in release.variants}
-    return found
+    found = store.list_releases(run.client, run.bucket, run.service, sha)
+    return {v.arch: v for release in found for v in release.variants}
 
 
 def download_artifacts(run: Run, plans: list[HostPlan]) -> dict[str, Any]:

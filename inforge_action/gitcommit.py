@@ -239,31 +239,17 @@ def _push_environment(repo: _Repo, token: str) -> dict[str, str]:
     """Git's environment: the bot as author, the token as a header.
 
     actions/checkout leaves its own header in the repo's config under the
-    server's URL; a header set for a shorter URL is ignored next to it.
-    So the token is set for origin's exact URL after an empty value,
-    which clears any header configured before it.
+    server's URL; `git_environment` sets the token for origin's exact URL
+    so that it wins.
     """
-    env = git_environment(token)
+    env = git_environment(token, _origin_url(repo))
     env.update(
         GIT_AUTHOR_NAME=BOT_NAME,
         GIT_AUTHOR_EMAIL=BOT_EMAIL,
         GIT_COMMITTER_NAME=BOT_NAME,
         GIT_COMMITTER_EMAIL=BOT_EMAIL,
     )
-    url = _origin_url(repo)
-    if token and url.startswith(("http://", "https://")):
-        header = _config_value(env, "http.extraHeader")
-        key = f"http.{url}.extraHeader"
-        _add_config(env, key, "")
-        _add_config(env, key, header)
     return env
-
-
-def _config_value(env: dict[str, str], key: str) -> str:
-    for index in range(int(env.get("GIT_CONFIG_COUNT", "0"))):
-        if env[f"GIT_CONFIG_KEY_{index}"] == key:
-            return env[f"GIT_CONFIG_VALUE_{index}"]
-    raise KeyError(key)
 
 
 def _origin_url(repo: _Repo) -> str:
@@ -275,13 +261,6 @@ def _origin_url(repo: _Repo) -> str:
             "actions/checkout, or set `commit-manifest: false`"
         )
     return done.stdout.strip()
-
-
-def _add_config(env: dict[str, str], key: str, value: str) -> None:
-    index = int(env.get("GIT_CONFIG_COUNT", "0"))
-    env[f"GIT_CONFIG_KEY_{index}"] = key
-    env[f"GIT_CONFIG_VALUE_{index}"] = value
-    env["GIT_CONFIG_COUNT"] = str(index + 1)
 
 
 def _write_file(

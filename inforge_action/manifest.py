@@ -30,6 +30,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from inforge_action.errors import ManifestConflict, StoreError
+from inforge_action.store import store_error
 
 
 log = logging.getLogger(__name__)
@@ -278,12 +279,12 @@ def read_manifest(
         reply = client.get_object(Bucket=bucket, Key=key)
         with reply["Body"] as body:
             data = body.read()
-    except ClientError as error:
-        if _is_missing(error):
+    except (ClientError, BotoCoreError) as error:
+        if isinstance(error, ClientError) and _is_missing(error):
             return Manifest(), None
-        raise _store_error(error, "reading", bucket, key) from error
-    except BotoCoreError as error:
-        raise _transport_error(error, "reading", bucket, key) from error
+        raise store_error(
+            error, action="reading", bucket=bucket, key=key
+        ) from error
 
     location = f"s3://{bucket}/{key}"
     try:
@@ -357,12 +358,12 @@ def _write_if_unchanged(
             ContentType=CONTENT_TYPE,
             **condition,
         )
-    except ClientError as error:
-        if _is_conflict(error):
+    except (ClientError, BotoCoreError) as error:
+        if isinstance(error, ClientError) and _is_conflict(error):
             return False
-        raise _store_error(error, "writing", bucket, key) from error
-    except BotoCoreError as error:
-        raise _transport_error(error, "writing", bucket, key) from error
+        raise store_error(
+            error, action="writing", bucket=bucket, key=key
+        ) from error
     return True
 
 
@@ -401,11 +402,9 @@ def read_environments(
                 rest = item["Key"][len(prefix) :]
                 if _is_manifest_name(rest):
                     keys[rest.removesuffix(".yaml")] = item["Key"]
-    except ClientError as error:
-        raise _store_error(error, "listing", bucket, f"{prefix}*") from error
-    except BotoCoreError as error:
-        raise _transport_error(
-            error, "listing", bucket, f"{prefix}*"
+    except (ClientError, BotoCoreError) as error:
+        raise store_error(
+            error, action="listing", bucket=bucket, key=f"{prefix}*"
         ) from error
 
     # A manifest deleted between the listing and the read is empty, which
@@ -441,37 +440,4 @@ def _is_conflict(error: Any) -> bool:
     return _status(error) in CONFLICT_STATUSES or _code(error) in (
         "PreconditionFailed",
         "ConditionalRequestConflict",
-    )
-
-
-def _store_error(error: Any, action: str, bucket: str, key: str) -> StoreError:
-    code = _code(error) or "an unknown error"
-    detail = error.response.get("Error", {}).get("Message", "")
-    request_id = error.response.get("ResponseMetadata", {}).get(
-        "RequestId", "unknown"
-    )
-    if code == "NoSuchBucket":
-        remedy = (
-            f"check the bucket name {bucket!r} (artifacts.backend.url in "
-            "the platform repo's inforge.yaml)"
-        )
-    else:
-        remedy = (
-            f"check that the R2 access key and secret are right and may "
-            f"read and write the bucket {bucket!r}, and that the bucket "
-            "name is right"
-        )
-    return StoreError(
-        f"{action} s3://{bucket}/{key} failed with {code}"
-        f"{f' ({detail})' if detail else ''}, request id {request_id}; "
-        f"{remedy}"
-    )
-
-
-def _transport_error(
-    error: Exception, action: str, bucket: str, key: str
-) -> StoreError:
-    return StoreError(
-        f"{action} s3://{bucket}/{key} failed: {_one_line(error)}; check the "
-        "R2 account id (it makes the endpoint) and the runner's network"
     )

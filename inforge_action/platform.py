@@ -29,11 +29,14 @@ class PlatformSource:
         return self.url_template.replace("{repo}", self.repo)
 
 
-def git_environment(token: str) -> dict[str, str]:
+def git_environment(token: str, url: str = "") -> dict[str, str]:
     """Environment for git: no prompts, and the token kept out of argv.
 
     The token travels as an HTTP header set through ``GIT_CONFIG_*``
-    variables, so it appears in no command line, URL or log.
+    variables, so it appears in no command line, URL or log. A header
+    that a checkout saved under the server's URL would win over a plain
+    ``http.extraHeader``, so with an http(s) ``url`` the header is set
+    for that exact URL, after an empty value that clears earlier ones.
     """
     env = {
         key: value
@@ -43,11 +46,15 @@ def git_environment(token: str) -> dict[str, str]:
     env.update(GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="true", LC_ALL="C")
     if token:
         basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
-        env.update(
-            GIT_CONFIG_COUNT="1",
-            GIT_CONFIG_KEY_0="http.extraHeader",
-            GIT_CONFIG_VALUE_0=f"Authorization: Basic {basic}",
-        )
+        header = f"Authorization: Basic {basic}"
+        entries = [("http.extraHeader", header)]
+        if url.startswith(("http://", "https://")):
+            key = f"http.{url}.extraHeader"
+            entries += [(key, ""), (key, header)]
+        env["GIT_CONFIG_COUNT"] = str(len(entries))
+        for index, (key, value) in enumerate(entries):
+            env[f"GIT_CONFIG_KEY_{index}"] = key
+            env[f"GIT_CONFIG_VALUE_{index}"] = value
     return env
 
 
@@ -85,7 +92,7 @@ class PlatformCheckout:
     def __init__(self, source: PlatformSource, workdir: Path):
         self.source = source
         self.workdir = workdir
-        self._env = git_environment(source.token)
+        self._env = git_environment(source.token, source.url)
 
     def fetch(self, ref: str, patterns: list[str], name: str) -> Path:
         """Check out ``patterns`` of ``ref`` (empty: HEAD) at depth 1."""

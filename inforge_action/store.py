@@ -146,18 +146,26 @@ def parse_artifact_key(service: str, key: str) -> tuple[str, str] | None:
 def store_error(
     error: Exception, *, action: str, bucket: str, key: str = ""
 ) -> StoreError:
-    """A StoreError for a botocore error, with its code and request id."""
+    """A StoreError for a botocore error, with its code and request id.
+
+    The one translation of the artifact bucket's errors, for artifacts
+    and manifests alike; a transport error (no response) points at the
+    endpoint and the network.
+    """
     where = f"s3://{bucket}/{key}" if key else f"bucket {bucket!r}"
     response = getattr(error, "response", None) or {}
     code = response.get("Error", {}).get("Code", "")
+    message = response.get("Error", {}).get("Message", "")
     request_id = response.get("ResponseMetadata", {}).get("RequestId", "")
     if not code:
+        text = " ".join(str(error).split())
         return StoreError(
-            f"{action} {where} failed: {error}; check `endpoint-url` or "
+            f"{action} {where} failed: {text}; check `endpoint-url` or "
             "`r2-account-id` and the network"
         )
     remedy = _REMEDIES.get(code, "check the bucket and the credentials")
-    detail = f" (request id {request_id})" if request_id else ""
+    detail = f" ({message})" if message else ""
+    detail += f", request id {request_id}" if request_id else ""
     return StoreError(f"{action} {where} failed: {code}{detail}; {remedy}")
 
 
@@ -168,9 +176,12 @@ _REMEDIES = {
         "`r2-access-key-id`, `r2-secret-access-key`, and that the R2 token "
         "has Object Read & Write on this bucket"
     ),
-    "InvalidAccessKeyId": "check `r2-access-key-id`",
+    "InvalidAccessKeyId": (
+        "the access key id is unknown: check `r2-access-key-id`"
+    ),
     "SignatureDoesNotMatch": (
-        "the secret does not match the key id: check `r2-secret-access-key`"
+        "the secret access key does not match the key id: check "
+        "`r2-secret-access-key`"
     ),
     "AccessDenied": ("the R2 token needs Object Read & Write on this bucket"),
     "NoSuchBucket": (
@@ -348,22 +359,30 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def list_releases(client: Any, bucket: str, service: str) -> list[Release]:
-    """Every release of ``service``, newest first."""
+def list_releases(
+    client: Any, bucket: str, service: str, sha: str = ""
+) -> list[Release]:
+    """Every release of ``service``, newest first; with ``sha``, that one.
+
+    With ``sha`` only the keys starting with it are listed, a request or
+    two however many releases the bucket holds.
+    """
     from botocore.exceptions import BotoCoreError, ClientError
 
     found: dict[str, list[Variant]] = {}
     try:
         pages = client.get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=f"{service}/"
+            Bucket=bucket, Prefix=f"{service}/{sha}"
         )
         for page in pages:
             for item in page.get("Contents", []):
                 parsed = parse_artifact_key(service, item["Key"])
                 if parsed is None:
                     continue
-                sha, arch = parsed
-                found.setdefault(sha, []).append(
+                name, arch = parsed
+                if sha and name != sha:
+                    continue
+                found.setdefault(name, []).append(
                     Variant(arch, item["Key"], item["Size"],
                             item["LastModified"])
                 )  # fmt: skip

@@ -228,3 +228,15 @@ def test_prune_ranks_a_sha_by_its_newest_variant():
     doomed = store.choose_prunable(releases, keep=1, pinned=set())
 
     assert [r.sha for r in doomed] == ["mid"]
+
+
+def test_listing_one_sha_skips_longer_shas_that_share_its_start(
+    s3_server, bucket
+):
+    client = make_client(s3_server)
+    for key in ("api/abc.tar.gz", "api/abc-arm64.tar.gz", "api/abcd.tar.gz"):
+        client.put_object(Bucket=bucket, Key=key, Body=b"x")
+
+    found = store.list_releases(client, bucket, "api", "abc")
+
+    assert [(r.sha, r.arches) for r in found] == [("abc", ["", "arm64"])]
