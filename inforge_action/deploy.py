@@ -235,21 +235,27 @@ def connect_all(
         )
 
     sessions: list[tuple[Any, Any]] = []
-    errors: list[str] = []
+    errors: list[ActionError] = []
     with ThreadPoolExecutor(min(CONNECT_PARALLEL, len(targets))) as pool:
         futures = [(t, pool.submit(open_one, t)) for t in targets]
         for target, future in futures:
             try:
                 sessions.append((target, future.result()))
             except ActionError as error:
-                errors.append(str(error))
+                errors.append(error)
     if errors:
         for _, session in sessions:
             session.close()
-        raise failure(
+        summary = failure(
             "preflight failed, no host was changed:\n"
             + "\n".join(f"- {e}" for e in errors)
         )
+        # One kind of failure everywhere (say, host keys) keeps its own
+        # title, which is what the README's troubleshooting names.
+        titles = {error.title for error in errors}
+        if len(titles) == 1:
+            summary.title = titles.pop()
+        raise summary
     return sessions
 
 

@@ -413,9 +413,9 @@ def _push_error(
         return GitError(
             f"{what} was refused with HTTP 403: the token cannot {verb} "
             "the repository. Give the job `permissions: contents: write` "
-            "and pass `github-token: ${{ github.token }}` (or a token with "
-            "write access); a pull request from a fork cannot push. Or set "
-            f"`commit-manifest: false`. git said: {tail}"
+            "(`github-token` defaults to the job's token), or pass a "
+            "`github-token` with write access; a pull request from a fork "
+            f"cannot push. Or set `commit-manifest: false`. git said: {tail}"
         )
     if "GH006" in said or "protected branch" in said.lower():
         return GitError(
@@ -429,8 +429,8 @@ def _push_error(
         or "could not read Username" in said
     ):
         return GitError(
-            f"{what} had no valid credentials; pass `github-token: "
-            "${{ github.token }}` with `permissions: contents: write`. git "
-            f"said: {tail}"
+            f"{what} had no valid credentials: leave `github-token` at its "
+            "default (the job's token) with `permissions: contents: write`, "
+            f"or pass a valid token. git said: {tail}"
         )
     return GitError(f"{what} failed: {tail}")

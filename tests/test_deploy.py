@@ -171,6 +171,7 @@ def test_a_wrong_host_key_stops_before_any_upload(
     assert result.code == 1
     assert hosts[1].address in result.log
     assert "SHA256:" in result.log
+    assert "Host key verification failed" in result.summary
     for host in hosts:
         done = host.run_root(
             ["test", "-e", f"/srv/wardnet/.releases/{service}"], check=False
