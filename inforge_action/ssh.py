@@ -38,6 +38,7 @@ PASSPHRASE_INPUT = "ssh-key-passphrase"
 TAIL_LINES = 20
 COPY_CHUNK = 4 << 20
 READ_CHUNK = 1 << 16
+EOF_GRACE_SECONDS = 2.0
 
 # AES-GCM encrypts and authenticates a packet in one OpenSSL call, where
 # paramiko's default AES-CTR adds an HMAC pass per packet: copies run about
@@ -619,19 +620,27 @@ class HostSession:
         writer.start()
         stdout, stderr = bytearray(), bytearray()
         deadline = None if timeout is None else time.monotonic() + timeout
+        exited_at: float | None = None
         try:
             while True:
                 while channel.recv_ready():
                     stdout += channel.recv(READ_CHUNK)
                 while channel.recv_stderr_ready():
                     stderr += channel.recv_stderr(READ_CHUNK)
-                # Output is handled in arrival order, so once the exit
-                # status is in, every byte before it has been buffered.
+                # sshd may report the exit status before the last output
+                # has arrived: the command is done only once EOF is in
+                # too, or, for a command that left a child holding its
+                # output open, once a short grace has passed.
                 if channel.exit_status_ready():
                     if channel.recv_ready() or channel.recv_stderr_ready():
                         continue
-                    break
-                wait = 1.0
+                    if channel.eof_received or channel.closed:
+                        break
+                    if exited_at is None:
+                        exited_at = time.monotonic()
+                    elif time.monotonic() - exited_at > EOF_GRACE_SECONDS:
+                        break
+                wait = 1.0 if exited_at is None else 0.02
                 if deadline is not None:
                     wait = min(wait, deadline - time.monotonic())
                     if wait <= 0:

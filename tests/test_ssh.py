@@ -493,3 +493,18 @@ def test_ecdsa_only_host_offers_ecdsa(module_host_factory, host):
     assert "ecdsa-sha2-nistp256" in str(caught.value)
     assert offered in str(caught.value)
     assert host_key.get_name() == "ecdsa-sha2-nistp256"
+
+
+def test_no_output_is_lost_when_the_exit_status_comes_first(host):
+    # sshd may send the exit status before the last stderr bytes; before
+    # the fix about one run in twenty lost the tail.
+    script = "for i in $(seq 1 30); do echo err$i >&2; done; echo out; exit 7"
+
+    with open_session(host) as session:
+        results = [
+            session.run(["sh", "-c", script], check=False) for _ in range(150)
+        ]
+
+    short = [r for r in results if not r.stderr.endswith("err30\n")]
+    assert short == []
+    assert {(r.exit_code, r.stdout) for r in results} == {(7, "out\n")}
